@@ -1,0 +1,1 @@
+"""The asyncio runtime of the AutoChain agent: config, supervisor, services per role."""

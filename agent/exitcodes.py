@@ -1,0 +1,20 @@
+"""Exit codes of every AutoChain program (sysexits.h values where one fits).
+
+systemd's unit uses ``RestartPreventExitStatus=78`` so a bad config does not restart-loop.
+"""
+
+OK = 0
+#: the check asked for failed (invalid attestation, agent unhealthy, ...)
+FAILURE = 1
+#: wrong command line
+USAGE = 2
+#: input data was malformed (EX_DATAERR)
+DATA_ERROR = 65
+#: a needed service (the agent's diagnostics socket) is not there (EX_UNAVAILABLE)
+UNAVAILABLE = 69
+#: internal error (EX_SOFTWARE)
+SOFTWARE = 70
+#: cannot open an input or device (EX_NOINPUT / EX_IOERR)
+NO_INPUT = 66
+#: a configuration error (EX_CONFIG): never restarted by systemd
+CONFIG = 78

@@ -1,0 +1,76 @@
+"""Clocks: the real one, and a simulated one that tests and benches advance by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+
+from hal.interfaces import Clock
+
+__all__ = ["SimulatedClock", "SystemClock"]
+
+
+class SystemClock(Clock):
+    """``time.monotonic`` / ``time.time`` and ``asyncio.sleep``."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class SimulatedClock(Clock):
+    """A clock that moves only when ``advance()`` is called.
+
+    Sleepers wake in deadline order as time passes them. ``start_utc`` sets what ``time()``
+    returns at monotonic 0.
+    """
+
+    def __init__(self, start_utc: float = 1_700_000_000.0, start_monotonic: float = 0.0) -> None:
+        self._now = start_monotonic
+        self._offset = start_utc - start_monotonic
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def time(self) -> float:
+        return self._now + self._offset
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
+        await fut
+
+    @property
+    def next_deadline(self) -> float | None:
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+        return self._sleepers[0][0] if self._sleepers else None
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds``, waking each sleeper at its deadline in order."""
+        target = self._now + seconds
+        while (deadline := self.next_deadline) is not None and deadline <= target:
+            _, _, fut = heapq.heappop(self._sleepers)
+            self._now = max(self._now, deadline)
+            fut.set_result(None)
+            # let the woken task (and whatever it schedules) run before the next deadline
+            for _ in range(5):
+                await asyncio.sleep(0)
+        self._now = target
+        await asyncio.sleep(0)
+
+    def jump_wall_clock(self, seconds: float) -> None:
+        """Step UTC time (a clock jump) without moving monotonic time."""
+        self._offset += seconds

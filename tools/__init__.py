@@ -1,0 +1,1 @@
+"""Command-line programs: acc (technician CLI), acc-bench, acc-sim, benchmarks, builders."""
