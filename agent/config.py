@@ -1,0 +1,360 @@
+"""The agent's configuration: a TOML file, then environment variables, then command-line
+overrides, validated into frozen dataclasses. Every bad key is listed in one ``ConfigError``.
+
+Environment overrides are ``ACC_<SECTION>__<KEY>=value`` (double underscore between the
+section and the key, e.g. ``ACC_GNSS__DEVICE=/dev/ttyUSB0``); command-line overrides are
+``--set section.key=value``. Values are read as TOML literals when they parse as one
+(``500000``, ``true``, ``"x"``, ``[1, 2]``), otherwise as plain strings. List sections
+(``[[can]]``) are addressed by index: ``--set can.0.bitrate=250000``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "AgentConfig",
+    "CameraConfig",
+    "CanBusConfig",
+    "Config",
+    "ConfigError",
+    "FusionConfig",
+    "GnssConfig",
+    "load_config",
+]
+
+ENV_PREFIX = "ACC_"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists every bad key with what was wrong."""
+
+    def __init__(self, problems: Sequence[str], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        head = f"invalid configuration{f' ({source})' if source else ''}: {len(self.problems)} problem(s)"
+        super().__init__("\n  - ".join([head, *self.problems]))
+
+
+def _doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    if default is dataclasses.MISSING or "default_factory" in kw:
+        return field(metadata={"doc": text}, **kw)
+    return field(default=default, metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    role: Literal["obu", "rsu"] = _doc("what this box is: 'obu' (in a vehicle) or 'rsu' (road-side)", "obu")
+    node_id: str = _doc("name of this node in logs and on the network; default: the host name", "")
+    data_dir: str = _doc("state on disk: keys, ledger, outbox, models", "/var/lib/autochain")
+    diag_socket: str = _doc("Unix socket of the local diagnostics server ('' disables it)", "")
+    log_level: Literal["trace", "debug", "info", "warning", "error"] = _doc("log level", "info")
+    shutdown_timeout: float = _doc("seconds a clean shutdown may take before tasks are cancelled", 5.0)
+    watchdog: bool = _doc("send WATCHDOG=1 to systemd when WatchdogSec is set", True)
+
+
+@dataclass(frozen=True)
+class CanFilterConfig:
+    id: int = _doc("CAN id to accept")
+    mask: int = _doc("bits of the id that must match", 0x7FF)
+    extended: bool | None = _doc("only extended (true) / standard (false) frames; unset: both", None)
+
+
+@dataclass(frozen=True)
+class CanBusConfig:
+    name: str = _doc("the agent's name for this bus: can0, powertrain, body, ...")
+    interface: str = _doc("python-can interface: socketcan, virtual, slcan, pcan, kvaser, udp_multicast, ...")
+    channel: str = _doc("the interface's channel: can0, /dev/ttyACM0@115200, PCAN_USBBUS1, ...")
+    bitrate: int = _doc("nominal bitrate in bit/s (used for bus load even where the OS sets it)", 500_000)
+    fd: bool = _doc("CAN FD", False)
+    data_bitrate: int = _doc("CAN FD data-phase bitrate, bit/s", 2_000_000)
+    dbc: str = _doc("DBC file decoding this bus ('' = none)", "")
+    vss_map: str = _doc("VSS mapping TOML for the DBC ('' = <dbc stem>.vss.toml if it exists)", "")
+    obd: bool = _doc("poll OBD-II mode 01 PIDs on this bus (cars without a DBC)", False)
+    receive_own_messages: bool = _doc("deliver frames this node sends back to it", False)
+    filters: tuple[CanFilterConfig, ...] = _doc("acceptance filters; none: accept all", ())
+    options: dict[str, Any] = _doc("extra keyword arguments for python-can's Bus", None, default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GnssConfig:
+    backend: Literal["nmea", "gpsd", "none"] = _doc("where fixes come from", "nmea")
+    device: str = _doc("NMEA source: serial device (/dev/ttyACM0), pty, file, or pyserial URL", "/dev/ttyACM0")
+    baudrate: int = _doc("serial speed for an NMEA receiver", 9600)
+    host: str = _doc("gpsd host", "127.0.0.1")
+    port: int = _doc("gpsd port", 2947)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    backend: Literal["none", "folder", "video", "v4l2"] = _doc("camera backend", "none")
+    path: str = _doc("image folder, video file or V4L2 device", "")
+    fps: float = _doc("frame rate", 10.0)
+    width: int = _doc("capture width (v4l2)", 640)
+    height: int = _doc("capture height (v4l2)", 480)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    rate_hz: float = _doc("VehicleState snapshots per second", 10.0)
+    stale_after: float = _doc("seconds after which a signal counts as stale in health", 2.0)
+    dead_reckoning_max: float = _doc("longest GNSS gap bridged by dead reckoning, seconds", 30.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentConfig = _doc("runtime", None, default_factory=AgentConfig)
+    can: tuple[CanBusConfig, ...] = _doc("CAN buses, one [[can]] table each", ())
+    gnss: GnssConfig = _doc("GNSS receiver", None, default_factory=GnssConfig)
+    camera: CameraConfig = _doc("camera", None, default_factory=CameraConfig)
+    fusion: FusionConfig = _doc("VehicleState fusion", None, default_factory=FusionConfig)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the ``Config``: ``base`` dict, then the TOML file, then env, then overrides."""
+    problems: list[str] = []
+    raw: dict[str, Any] = _deep_copy(base or {})
+    source = str(path) if path else "defaults"
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                _merge(raw, tomllib.load(fh))
+        except FileNotFoundError:
+            raise ConfigError([f"config file {path} does not exist"], source) from None
+        except PermissionError:
+            raise ConfigError([f"config file {path} is not readable by this user"], source) from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError([f"{path}: not valid TOML: {err}"], source) from None
+    env = os.environ if env is None else env
+    for key, value in sorted(env.items()):
+        if key.startswith(ENV_PREFIX) and "__" in key:
+            dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
+            _set_dotted(raw, dotted, value, f"environment {key}", problems)
+    for item in overrides:
+        dotted, sep, value = item.partition("=")
+        if not sep or not dotted.strip():
+            problems.append(f"--set {item!r}: expected section.key=value")
+            continue
+        _set_dotted(raw, dotted.strip(), value, f"--set {dotted.strip()}", problems)
+    cfg = _build(Config, raw, "", problems)
+    if cfg is not None:
+        problems.extend(_check(cfg))
+    if problems:
+        raise ConfigError(problems, source)
+    assert cfg is not None
+    return cfg
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, type, doc) for every setting; used by ``acc config --help-keys`` and the docs."""
+    out: list[tuple[str, str, str]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        inner = _tuple_item(tp)
+        if dataclasses.is_dataclass(tp):
+            out.extend(describe(tp, key + "."))  # type: ignore[arg-type]
+        elif inner is not None and dataclasses.is_dataclass(inner):
+            out.extend(describe(inner, key + "[].")) # type: ignore[arg-type]
+        else:
+            out.append((key, _type_name(tp), f.metadata.get("doc", "")))
+    return out
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+def _deep_copy(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in d.items()}
+
+
+def _merge(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value)
+        else:
+            dst[key] = _deep_copy(value) if isinstance(value, Mapping) else value
+
+
+def _parse_literal(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, text: str, origin: str, problems: list[str]) -> None:
+    parts = dotted.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                problems.append(f"{origin}: no list entry {part!r} (there are {len(node)})")
+                return
+            node = node[int(part)]
+            continue
+        if part not in node:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        problems.append(f"{origin}: {'.'.join(parts[:-1])} is a list; give an index")
+        return
+    if not isinstance(node, dict):
+        problems.append(f"{origin}: {'.'.join(parts[:-1])} is not a section")
+        return
+    node[last] = _parse_literal(text)
+
+
+def _tuple_item(tp: Any) -> Any:
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+    return None
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _build(cls: Any, raw: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where or 'config'}: expected a table, got {type(raw).__name__} {raw!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            problems.append(f"{where}{key}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs: dict[str, Any] = {}
+    ok = True
+    for f in dataclasses.fields(cls):
+        key = f"{where}{f.name}"
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{key}: required")
+                ok = False
+            continue
+        value, good = _coerce(hints[f.name], raw[f.name], key, problems)
+        ok &= good
+        if good:
+            kwargs[f.name] = value
+    return cls(**kwargs) if ok else None
+
+
+def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        built = _build(tp, value, key + ".", problems)
+        return built, built is not None
+    item = _tuple_item(tp)
+    if item is not None:
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            return None, False
+        out, ok = [], True
+        for i, v in enumerate(value):
+            c, good = _coerce(item, v, f"{key}[{i}]", problems)
+            ok &= good
+            out.append(c)
+        return tuple(out), ok
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            problems.append(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+            return None, False
+        return value, True
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
+            return None, True
+        return _coerce(args[0], value, key, problems)
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            problems.append(f"{key}: expected a table, got {type(value).__name__} {value!r}")
+            return None, False
+        return dict(value), True
+    if tp is bool:
+        if isinstance(value, bool):
+            return value, True
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on"), True
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, True
+        if isinstance(value, str):
+            try:
+                return int(value, 0), True
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value), True
+        if isinstance(value, str):
+            try:
+                return float(value), True
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value, True
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value), True
+    problems.append(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return None, False
+
+
+def _check(cfg: Config) -> list[str]:
+    """Checks across fields, after types are right."""
+    problems = []
+    if cfg.agent.shutdown_timeout <= 0:
+        problems.append("agent.shutdown_timeout: must be > 0")
+    if not 0.1 <= cfg.fusion.rate_hz <= 100:
+        problems.append(f"fusion.rate_hz: {cfg.fusion.rate_hz} is outside 0.1..100")
+    seen: set[str] = set()
+    for i, bus in enumerate(cfg.can):
+        if not bus.name:
+            problems.append(f"can[{i}].name: must not be empty")
+        if bus.name in seen:
+            problems.append(f"can[{i}].name: {bus.name!r} is used by another bus")
+        seen.add(bus.name)
+        if not 10_000 <= bus.bitrate <= 1_000_000:
+            problems.append(f"can[{i}].bitrate: {bus.bitrate} is outside 10000..1000000 bit/s")
+        if bus.fd and not bus.bitrate <= bus.data_bitrate <= 15_000_000:
+            problems.append(f"can[{i}].data_bitrate: {bus.data_bitrate} must be between bitrate and 15 Mbit/s")
+        if bus.dbc and not Path(bus.dbc).is_file():
+            problems.append(f"can[{i}].dbc: file {bus.dbc} does not exist")
+        if bus.vss_map and not Path(bus.vss_map).is_file():
+            problems.append(f"can[{i}].vss_map: file {bus.vss_map} does not exist")
+        for j, flt in enumerate(bus.filters):
+            limit = 0x1FFFFFFF
+            if not 0 <= flt.id <= limit or not 0 <= flt.mask <= limit:
+                problems.append(f"can[{i}].filters[{j}]: id/mask must be within 0..0x1FFFFFFF")
+    if cfg.gnss.backend == "gpsd" and not 0 < cfg.gnss.port < 65536:
+        problems.append(f"gnss.port: {cfg.gnss.port} is not a TCP port")
+    if cfg.camera.backend != "none" and not cfg.camera.path:
+        problems.append(f"camera.path: required for camera backend {cfg.camera.backend!r}")
+    if cfg.camera.fps <= 0:
+        problems.append("camera.fps: must be > 0")
+    return problems

@@ -1,0 +1,231 @@
+"""The composition root: builds every component from one validated ``Config`` (each gets only
+its slice), runs them as named services under the supervisor, serves diagnostics, talks to
+systemd, and shuts down cleanly on SIGTERM/SIGINT within ``agent.shutdown_timeout``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from hal.interfaces import CanPort, Clock, GnssSource
+from hal.registry import load_backend
+from hal.types import CanFilter, VehicleState
+
+from . import __version__
+from .config import CanBusConfig, Config, GnssConfig
+from .diagnostics import DiagnosticsServer
+from .fusion import Fusion
+from .health import HealthRegistry
+from .sdnotify import Notifier, watchdog_interval
+from .services import CanService, GnssService, HealthService, StateService, StateSink
+from .supervisor import Supervisor
+
+__all__ = ["Agent", "build_can_port", "build_decoders", "build_gnss"]
+
+log = logging.getLogger(__name__)
+
+
+def build_can_port(bus: CanBusConfig) -> CanPort:
+    cls = load_backend("can", "python-can")
+    filters = [CanFilter(f.id, f.mask, f.extended) for f in bus.filters] or None
+    port: CanPort = cls(
+        name=bus.name,
+        interface=bus.interface,
+        channel=bus.channel,
+        bitrate=bus.bitrate,
+        fd=bus.fd,
+        data_bitrate=bus.data_bitrate,
+        receive_own_messages=bus.receive_own_messages,
+        filters=filters,
+        **bus.options,
+    )
+    return port
+
+
+def build_decoders(bus: CanBusConfig) -> list[Any]:
+    decoders: list[Any] = []
+    if bus.dbc:
+        from drivers.dbc import DbcDecoder
+
+        decoders.append(DbcDecoder(bus.dbc, bus=bus.name, vss_map=bus.vss_map or None))
+    if bus.obd:
+        from drivers.obd import ObdResponseDecoder
+
+        decoders.append(ObdResponseDecoder(bus=bus.name))
+    return decoders
+
+
+def build_gnss(cfg: GnssConfig) -> GnssSource | None:
+    if cfg.backend == "none":
+        return None
+    if cfg.backend == "gpsd":
+        source: GnssSource = load_backend("gnss", "gpsd")(host=cfg.host, port=cfg.port)
+        return source
+    from drivers.gnss_stream import open_nmea_source
+
+    return open_nmea_source(cfg.device, baudrate=cfg.baudrate)
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        state_sinks: Sequence[StateSink] = (),
+        extra_services: Sequence[tuple[str, Callable[[], Awaitable[None]]]] = (),
+    ) -> None:
+        if clock is None:
+            from drivers.clock import SystemClock
+
+            clock = SystemClock()
+        self.config = config
+        self.clock = clock
+        self.notifier = notifier or Notifier()
+        self.health = HealthRegistry(clock.monotonic)
+        self.fusion = Fusion(
+            stale_after=max(0.5, 3.0 / config.fusion.rate_hz),
+            dead_reckoning_max=config.fusion.dead_reckoning_max,
+        )
+        self.state_sinks = list(state_sinks)
+        self.extra_services = list(extra_services)
+        self.supervisor = Supervisor(self.health, clock)
+        self.can_services: list[CanService] = []
+        self.gnss_service: GnssService | None = None
+        self.state_service: StateService | None = None
+        self.node_id = config.agent.node_id or socket.gethostname()
+        self.started_mono = 0.0
+        self._stop: asyncio.Event | None = None
+
+    # --- building ---------------------------------------------------------------------------
+
+    def diag_socket_path(self) -> Path:
+        if self.config.agent.diag_socket:
+            return Path(self.config.agent.diag_socket)
+        if rt := os.environ.get("RUNTIME_DIRECTORY"):
+            return Path(rt.split(":")[0]) / "diag.sock"
+        return Path(self.config.agent.data_dir) / "diag.sock"
+
+    def _build(self) -> None:
+        cfg = self.config
+        for bus in cfg.can:
+            service = CanService(build_can_port(bus), build_decoders(bus), self.fusion, self.health, self.clock)
+            self.can_services.append(service)
+            self.supervisor.add(service.name, service.run)
+        source = build_gnss(cfg.gnss)
+        if source is not None:
+            self.gnss_service = GnssService(source, self.fusion, self.health, self.clock)
+            self.supervisor.add("gnss", self.gnss_service.run)
+        if cfg.agent.role == "obu":
+            self.state_service = StateService(self.fusion, self.clock, cfg.fusion.rate_hz, self.state_sinks)
+            self.supervisor.add("state", self.state_service.run)
+        checkers = [s.check for s in self.can_services]
+        if self.gnss_service is not None:
+            checkers.append(self.gnss_service.check)
+        wd = watchdog_interval() if cfg.agent.watchdog else None
+        health = HealthService(self.health, self.clock, checkers, self.notifier, watchdog=wd)
+        self.supervisor.add("health", health.run)
+        diag = DiagnosticsServer(self.diag_socket_path())
+        diag.command("status", lambda req: self.status())
+        diag.command("state", lambda req: self.last_state())
+        self.supervisor.add("diagnostics", diag.serve)
+        for name, run in self.extra_services:
+            self.supervisor.add(name, run)
+
+    # --- diagnostics ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "role": self.config.agent.role,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(self.clock.monotonic() - self.started_mono, 1),
+            "overall": str(self.health.overall()),
+            "health": {name: h.as_dict() for name, h in self.health.snapshot().items()},
+            "services": {
+                name: {"restarts": spec.restarts, "finished": spec.finished}
+                for name, spec in self.supervisor.services.items()
+            },
+            "can": {s.port.name: s.status() for s in self.can_services},
+            "gnss": self.gnss_service.status() if self.gnss_service else None,
+            "state": self.last_state(),
+        }
+
+    def last_state(self) -> dict[str, Any] | None:
+        state = self.state_service.last if self.state_service else None
+        return state_to_dict(state) if state is not None else None
+
+    # --- running ----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self, duration: float | None = None) -> None:
+        """Run until SIGTERM/SIGINT, ``request_stop()``, or ``duration`` seconds."""
+        self._stop = asyncio.Event()
+        self.started_mono = self.clock.monotonic()
+        self._build()
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+        log.info(
+            "agent %s starting as %s: %d CAN bus(es), gnss %s",
+            self.node_id,
+            self.config.agent.role,
+            len(self.config.can),
+            self.config.gnss.backend,
+        )
+        task = asyncio.create_task(self.supervisor.run(), name="supervisor")
+        stopper = asyncio.create_task(self._stop.wait(), name="stop")
+        waiters: set[asyncio.Task[Any]] = {task, stopper}
+        if duration is not None:
+            waiters.add(asyncio.create_task(self.clock.sleep(duration), name="duration"))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                if w is not task:
+                    w.cancel()
+            self.notifier.stopping()
+            await self._shutdown(task)
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("%s received: stopping", sig.name)
+        self.request_stop()
+
+    async def _shutdown(self, task: asyncio.Task[Any]) -> None:
+        if task.done():
+            return
+        task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.config.agent.shutdown_timeout)
+        except asyncio.CancelledError:
+            pass
+        except TimeoutError:
+            log.error("services did not stop within %.1fs", self.config.agent.shutdown_timeout)
+        log.info("agent stopped")
+
+
+def state_to_dict(state: VehicleState) -> dict[str, Any]:
+    d = asdict(state)
+    d["gnss_mode"] = int(state.gnss_mode)
+    d["derived"] = sorted(state.derived)
+    return d
