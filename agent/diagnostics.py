@@ -76,7 +76,10 @@ class DiagnosticsServer:
         cmd = req.get("cmd")
         handler = self.handlers.get(cmd) if isinstance(cmd, str) else None
         if handler is None:
-            return {"ok": False, "error": f"unknown command {cmd!r}; known: {', '.join(sorted(self.handlers))}"}
+            return {
+                "ok": False,
+                "error": f"unknown command {cmd!r}; known: {', '.join(sorted(self.handlers))}",
+            }
         try:
             result = handler(req)
             if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):

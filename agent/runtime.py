@@ -118,7 +118,9 @@ class Agent:
     def _build(self) -> None:
         cfg = self.config
         for bus in cfg.can:
-            service = CanService(build_can_port(bus), build_decoders(bus), self.fusion, self.health, self.clock)
+            service = CanService(
+                build_can_port(bus), build_decoders(bus), self.fusion, self.health, self.clock
+            )
             self.can_services.append(service)
             self.supervisor.add(service.name, service.run)
         source = build_gnss(cfg.gnss)
