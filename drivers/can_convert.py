@@ -115,7 +115,9 @@ def read_log(
                     return
                 except (ValueError, IndexError, KeyError, TypeError) as err:
                     # python-can's text readers raise these on a malformed line
-                    raise DecodeError(f"malformed record after frame {index}: {err}", where=str(path)) from err
+                    raise DecodeError(
+                        f"malformed record after frame {index}: {err}", where=str(path)
+                    ) from err
                 index += 1
                 channel = rename(str(msg.channel) if msg.channel is not None else "")
                 try:

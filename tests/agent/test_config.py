@@ -45,8 +45,11 @@ backend = "gpsd"
 port = 2948
 """,
     )
-    cfg = load_config(path, env={"ACC_GNSS__PORT": "2950", "ACC_AGENT__NODE_ID": "from-env"},
-                      overrides=["agent.node_id=flag", "can.0.bitrate=250000"])
+    cfg = load_config(
+        path,
+        env={"ACC_GNSS__PORT": "2950", "ACC_AGENT__NODE_ID": "from-env"},
+        overrides=["agent.node_id=flag", "can.0.bitrate=250000"],
+    )
     assert cfg.agent.role == "rsu"
     assert cfg.agent.node_id == "flag"  # flag beats env beats file
     assert cfg.gnss.port == 2950  # env beats file
@@ -142,13 +145,19 @@ def test_agent_exits_78_on_bad_config(tmp_path: Path) -> None:
     path = write(tmp_path, "[agent]\nrole = 3\n")
     proc = subprocess.run(
         [sys.executable, "-m", "agent.main", "--config", str(path), "--check-config"],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert proc.returncode == exitcodes.CONFIG
     assert "agent.role" in proc.stderr
-    ok = write(tmp_path, "[agent]\nrole = \"rsu\"\n")
+    ok = write(tmp_path, '[agent]\nrole = "rsu"\n')
     proc = subprocess.run(
         [sys.executable, "-m", "agent.main", "--config", str(ok), "--check-config"],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr

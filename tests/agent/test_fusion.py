@@ -12,24 +12,27 @@ def sig(name: str, value: float, t: float) -> SignalSample:
     return SignalSample(name, value, "", timestamp=t, monotonic=t)
 
 
-def fix(t: float, lat: float, lon: float, speed: float = 10.0, track: float = 0.0,
-        mode: FixMode = FixMode.FIX_3D) -> GnssFix:
+def fix(
+    t: float, lat: float, lon: float, speed: float = 10.0, track: float = 0.0, mode: FixMode = FixMode.FIX_3D
+) -> GnssFix:
     return GnssFix(mode=mode, lat=lat, lon=lon, speed=speed, track=track, alt_msl=500.0, monotonic=t)
 
 
 def test_bus_signals_map_to_fields_with_ages() -> None:
     f = Fusion()
-    f.on_signals([
-        sig("Vehicle.Speed", 12.5, 1.0),
-        sig("Vehicle.Acceleration.Longitudinal", -2.0, 1.0),
-        sig("Vehicle.Acceleration.Lateral", 0.4, 1.0),
-        sig("Vehicle.AngularVelocity.Yaw", 3.0, 1.0),
-        sig("Vehicle.Chassis.SteeringWheel.Angle", -45.0, 0.9),
-        sig("Vehicle.Chassis.Brake.PedalPosition", 30.0, 1.0),
-        sig("Vehicle.Chassis.Accelerator.PedalPosition", 0.0, 1.0),
-        sig("Vehicle.Powertrain.Transmission.CurrentGear", 3, 1.0),
-        sig("Vehicle.Unknown.Thing", 1.0, 1.0),
-    ])
+    f.on_signals(
+        [
+            sig("Vehicle.Speed", 12.5, 1.0),
+            sig("Vehicle.Acceleration.Longitudinal", -2.0, 1.0),
+            sig("Vehicle.Acceleration.Lateral", 0.4, 1.0),
+            sig("Vehicle.AngularVelocity.Yaw", 3.0, 1.0),
+            sig("Vehicle.Chassis.SteeringWheel.Angle", -45.0, 0.9),
+            sig("Vehicle.Chassis.Brake.PedalPosition", 30.0, 1.0),
+            sig("Vehicle.Chassis.Accelerator.PedalPosition", 0.0, 1.0),
+            sig("Vehicle.Powertrain.Transmission.CurrentGear", 3, 1.0),
+            sig("Vehicle.Unknown.Thing", 1.0, 1.0),
+        ]
+    )
     s = f.snapshot(1.1, 1e9)
     assert (s.speed, s.accel_longitudinal, s.accel_lateral, s.yaw_rate) == (12.5, -2.0, 0.4, 3.0)
     assert (s.steering_angle, s.brake, s.throttle, s.gear) == (-45.0, 30.0, 0.0, 3)
