@@ -55,7 +55,7 @@ def build_decoders(bus: CanBusConfig) -> list[Any]:
     if bus.dbc:
         from drivers.dbc import DbcDecoder
 
-        decoders.append(DbcDecoder(bus.dbc, bus=bus.name, vss_map=bus.vss_map or None))
+        decoders.append(DbcDecoder(bus.dbc, bus=bus.name, mapping=bus.vss_map or None))
     if bus.obd:
         from drivers.obd import ObdResponseDecoder
 
