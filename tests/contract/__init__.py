@@ -1,0 +1,1 @@
+"""Contract suites: one set of assertions per hal interface, run against every backend."""
