@@ -87,9 +87,7 @@ class CanBusConfig:
 @dataclass(frozen=True)
 class GnssConfig:
     backend: Literal["nmea", "gpsd", "none"] = _doc("where fixes come from", "nmea")
-    device: str = _doc(
-        "NMEA source: serial device (/dev/ttyACM0), pty, file, or pyserial URL", "/dev/ttyACM0"
-    )
+    device: str = _doc("NMEA source: serial device (/dev/ttyACM0), pty, file, or pyserial URL", "/dev/ttyACM0")
     baudrate: int = _doc("serial speed for an NMEA receiver", 9600)
     host: str = _doc("gpsd host", "127.0.0.1")
     port: int = _doc("gpsd port", 2947)
@@ -344,9 +342,7 @@ def _check(cfg: Config) -> list[str]:
         if not 10_000 <= bus.bitrate <= 1_000_000:
             problems.append(f"can[{i}].bitrate: {bus.bitrate} is outside 10000..1000000 bit/s")
         if bus.fd and not bus.bitrate <= bus.data_bitrate <= 15_000_000:
-            problems.append(
-                f"can[{i}].data_bitrate: {bus.data_bitrate} must be between bitrate and 15 Mbit/s"
-            )
+            problems.append(f"can[{i}].data_bitrate: {bus.data_bitrate} must be between bitrate and 15 Mbit/s")
         if bus.dbc and not Path(bus.dbc).is_file():
             problems.append(f"can[{i}].dbc: file {bus.dbc} does not exist")
         if bus.vss_map and not Path(bus.vss_map).is_file():

@@ -13,13 +13,14 @@ import contextlib
 import math
 import os
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from hal.types import VehicleState
 
 from .config import Config
+from .services import StateSink
 
 DATA = Path(__file__).resolve().parent.parent / "drivers" / "data"
 PTY_PLACEHOLDER = "(demo pty)"
@@ -53,9 +54,7 @@ def demo_base_config(data_dir: str) -> dict[str, Any]:
 class ConsoleReport:
     """State sink: one line per second, and running error statistics against the truth."""
 
-    def __init__(
-        self, out: TextIO, truth: Callable[[], Any], rate_hz: float, counts: Callable[[], dict[str, int]]
-    ):
+    def __init__(self, out: TextIO, truth: Callable[[], Any], rate_hz: float, counts: Callable[[], dict[str, int]]):
         self.out = out
         self.truth = truth
         self.every = max(1, round(rate_hz))
@@ -91,9 +90,7 @@ class ConsoleReport:
         def f(v: float | None, fmt: str) -> str:
             return format(v, fmt) if v is not None else "-".rjust(len(format(0.0, fmt)))
 
-        pos = (
-            f"{s.lat:.6f},{s.lon:.6f}" if s.lat is not None and s.lon is not None else "no position".ljust(20)
-        )
+        pos = f"{s.lat:.6f},{s.lon:.6f}" if s.lat is not None and s.lon is not None else "no position".ljust(20)
         speed = None if s.speed is None else s.speed * 3.6
         return (
             f"t={s.monotonic - (self.t0 or 0):5.1f}s  v {f(speed, '5.1f')} km/h  ax {f(s.accel_longitudinal, '5.2f')}"
@@ -104,68 +101,90 @@ class ConsoleReport:
         )
 
 
-async def run_demo(config: Config, *, duration: float | None, out: TextIO) -> None:
-    import dataclasses
+class SimulatedObu:
+    """One OBU agent wired to its own simulated vehicle: the vehicle's frames go onto the
+    agent's ``virtual`` buses and its NMEA into a pty the agent reads as a serial receiver.
+    Used by the demo and by ``acc-sim``. ``close()`` releases the pty."""
 
-    from drivers.can_bus import PythonCanPort
-    from drivers.simvehicle import SimVehicle, run_sim
+    def __init__(
+        self, config: Config, *, seed: int = 1, state_sinks: Sequence[StateSink] = (), handle_signals: bool = True
+    ) -> None:
+        import dataclasses
 
-    from .runtime import Agent
+        from drivers.can_bus import PythonCanPort
+        from drivers.simvehicle import SimVehicle
 
-    os.makedirs(config.agent.data_dir, exist_ok=True)
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    slave_path = os.ttyname(slave)
-    if config.gnss.backend == "nmea" and config.gnss.device == PTY_PLACEHOLDER:
-        config = dataclasses.replace(config, gnss=dataclasses.replace(config.gnss, device=slave_path))
-    os.set_blocking(master, False)
+        from .runtime import Agent
 
-    vehicle = SimVehicle(seed=1, nmea_rate_hz=1.0)
-    sim_ports = {
-        bus.name: PythonCanPort(bus.name, interface="virtual", channel=bus.channel, bitrate=bus.bitrate)
-        for bus in config.can
-        if bus.interface == "virtual"
-    }
-    nmea_dropped = 0
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.pty_path = os.ttyname(self.slave)
+        os.set_blocking(self.master, False)
+        if config.gnss.backend == "nmea" and config.gnss.device == PTY_PLACEHOLDER:
+            config = dataclasses.replace(config, gnss=dataclasses.replace(config.gnss, device=self.pty_path))
+        self.config = config
+        self.vehicle = SimVehicle(seed=seed, nmea_rate_hz=1.0)
+        self.sim_ports = {
+            bus.name: PythonCanPort(bus.name, interface="virtual", channel=bus.channel, bitrate=bus.bitrate)
+            for bus in config.can
+            if bus.interface == "virtual"
+        }
+        self.nmea_dropped = 0
+        self.agent = Agent(
+            config,
+            state_sinks=state_sinks,
+            extra_services=[("simvehicle", self._simulate)],
+            handle_signals=handle_signals,
+        )
 
-    def nmea_sink(data: bytes) -> None:
-        nonlocal nmea_dropped
+    def _nmea_sink(self, data: bytes) -> None:
         try:
-            os.write(master, data)
-        except BlockingIOError:  # nobody reads the pty (yet): the receiver would lose it too
-            nmea_dropped += len(data)
+            os.write(self.master, data)
+        except BlockingIOError:  # nobody reads the pty (yet): a receiver would lose it too
+            self.nmea_dropped += len(data)
 
-    async def simulate() -> None:
-        for port in sim_ports.values():
+    async def _simulate(self) -> None:
+        from drivers.simvehicle import run_sim
+
+        for port in self.sim_ports.values():
             await port.open()
         try:
-            await run_sim(vehicle, sim_ports, nmea_sink, agent.clock)
+            await run_sim(self.vehicle, self.sim_ports, self._nmea_sink, self.agent.clock)
         finally:
-            for port in sim_ports.values():
+            for port in self.sim_ports.values():
                 await port.close()
 
-    def counts() -> dict[str, int]:
-        c = {s.port.name: s.frames for s in agent.can_services}
-        c["fixes"] = agent.gnss_service.fixes if agent.gnss_service else 0
+    def counts(self) -> dict[str, int]:
+        c = {s.port.name: s.frames for s in self.agent.can_services}
+        c["fixes"] = self.agent.gnss_service.fixes if self.agent.gnss_service else 0
         return c
 
-    report = ConsoleReport(out, vehicle.truth, config.fusion.rate_hz, counts)
-    agent = Agent(config, state_sinks=[report], extra_services=[("simvehicle", simulate)])
+    async def run(self, duration: float | None) -> None:
+        os.makedirs(self.config.agent.data_dir, exist_ok=True)
+        try:
+            await self.agent.run(duration)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+async def run_demo(config: Config, *, duration: float | None, out: TextIO) -> None:
+    sim = SimulatedObu(config, seed=1)
+    report = ConsoleReport(out, sim.vehicle.truth, config.fusion.rate_hz, sim.counts)
+    sim.agent.state_sinks.append(report)
     out.write(
         f"AutoChain demo: OBU agent on the simulated test vehicle for {duration or 'unlimited'} s\n"
         f"  CAN  {', '.join(f'{b.name}=virtual:{b.channel} ({Path(b.dbc).name})' for b in config.can)}\n"
-        f"  GNSS NMEA 0183 on {slave_path}\n"
-        f"  diagnostics: acc status --socket {agent.diag_socket_path()}\n"
+        f"  GNSS NMEA 0183 on {sim.pty_path}\n"
+        f"  diagnostics: acc status --socket {sim.agent.diag_socket_path()}\n"
     )
     out.flush()
-    try:
-        await agent.run(duration)
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(master)
-        with contextlib.suppress(OSError):
-            os.close(slave)
-    out.write(summary(agent, report) + "\n")
+    await sim.run(duration)
+    out.write(summary(sim.agent, report) + "\n")
 
 
 def summary(agent: Any, report: ConsoleReport) -> str:

@@ -83,6 +83,7 @@ class Agent:
         notifier: Notifier | None = None,
         state_sinks: Sequence[StateSink] = (),
         extra_services: Sequence[tuple[str, Callable[[], Awaitable[None]]]] = (),
+        handle_signals: bool = True,
     ) -> None:
         if clock is None:
             from drivers.clock import SystemClock
@@ -98,6 +99,7 @@ class Agent:
         )
         self.state_sinks = list(state_sinks)
         self.extra_services = list(extra_services)
+        self.handle_signals = handle_signals
         self.supervisor = Supervisor(self.health, clock)
         self.can_services: list[CanService] = []
         self.gnss_service: GnssService | None = None
@@ -118,9 +120,7 @@ class Agent:
     def _build(self) -> None:
         cfg = self.config
         for bus in cfg.can:
-            service = CanService(
-                build_can_port(bus), build_decoders(bus), self.fusion, self.health, self.clock
-            )
+            service = CanService(build_can_port(bus), build_decoders(bus), self.fusion, self.health, self.clock)
             self.can_services.append(service)
             self.supervisor.add(service.name, service.run)
         source = build_gnss(cfg.gnss)
@@ -180,7 +180,7 @@ class Agent:
         self._build()
         loop = asyncio.get_running_loop()
         installed = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT) if self.handle_signals else ():
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)

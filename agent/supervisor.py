@@ -50,9 +50,7 @@ class Supervisor:
         self._rng = rng or random.Random()
         self.services: dict[str, ServiceSpec] = {}
 
-    def add(
-        self, name: str, run: Callable[[], Awaitable[None]], restart: Restart = "on-failure"
-    ) -> ServiceSpec:
+    def add(self, name: str, run: Callable[[], Awaitable[None]], restart: Restart = "on-failure") -> ServiceSpec:
         if name in self.services:
             raise ValueError(f"service {name!r} added twice")
         spec = ServiceSpec(name, run, restart)
@@ -88,9 +86,7 @@ class Supervisor:
                     spec.finished = True
                     return
                 delay = self.backoff(failures)
-                self.health.failed(
-                    spec.name, f"{type(err).__name__}: {err}; restart {failures} in {delay:.1f}s"
-                )
+                self.health.failed(spec.name, f"{type(err).__name__}: {err}; restart {failures} in {delay:.1f}s")
                 await self.clock.sleep(delay)
                 continue
             if spec.restart != "always":
