@@ -91,6 +91,10 @@ class GnssConfig:
     baudrate: int = _doc("serial speed for an NMEA receiver", 9600)
     host: str = _doc("gpsd host", "127.0.0.1")
     port: int = _doc("gpsd port", 2947)
+    pace: float = _doc("seconds per fix cycle when device is a recorded NMEA file (0: as fast as possible)", 1.0)
+    ready_timeout: float = _doc(
+        "seconds to wait for the first valid sentence before the receiver counts as absent", 5.0
+    )
 
 
 @dataclass(frozen=True)
@@ -351,6 +355,8 @@ def _check(cfg: Config) -> list[str]:
             limit = 0x1FFFFFFF
             if not 0 <= flt.id <= limit or not 0 <= flt.mask <= limit:
                 problems.append(f"can[{i}].filters[{j}]: id/mask must be within 0..0x1FFFFFFF")
+    if cfg.gnss.pace < 0 or cfg.gnss.ready_timeout <= 0:
+        problems.append("gnss.pace must be >= 0 and gnss.ready_timeout > 0")
     if cfg.gnss.backend == "gpsd" and not 0 < cfg.gnss.port < 65536:
         problems.append(f"gnss.port: {cfg.gnss.port} is not a TCP port")
     if cfg.camera.backend != "none" and not cfg.camera.path:

@@ -71,7 +71,7 @@ def build_gnss(cfg: GnssConfig) -> GnssSource | None:
         return source
     from drivers.gnss_stream import open_nmea_source
 
-    return open_nmea_source(cfg.device, baudrate=cfg.baudrate)
+    return open_nmea_source(cfg.device, baudrate=cfg.baudrate, pace=cfg.pace, ready_timeout=cfg.ready_timeout)
 
 
 class Agent:
