@@ -56,10 +56,6 @@ def build_decoders(bus: CanBusConfig) -> list[Any]:
         from drivers.dbc import DbcDecoder
 
         decoders.append(DbcDecoder(bus.dbc, bus=bus.name, mapping=bus.vss_map or None))
-    if bus.obd:
-        from drivers.obd import ObdResponseDecoder
-
-        decoders.append(ObdResponseDecoder(bus=bus.name))
     return decoders
 
 
@@ -120,9 +116,17 @@ class Agent:
     def _build(self) -> None:
         cfg = self.config
         for bus in cfg.can:
-            service = CanService(build_can_port(bus), build_decoders(bus), self.fusion, self.health, self.clock)
+            port = build_can_port(bus)
+            obd = None
+            if bus.obd:
+                from drivers.obd import ObdPoller
+
+                obd = ObdPoller(port, self.clock, sink=self.fusion.on_signal, bus=bus.name)
+            service = CanService(port, build_decoders(bus), self.fusion, self.health, self.clock, obd=obd)
             self.can_services.append(service)
             self.supervisor.add(service.name, service.run)
+            if obd is not None:
+                self.supervisor.add(f"obd.{bus.name}", service.run_obd)
         source = build_gnss(cfg.gnss)
         if source is not None:
             self.gnss_service = GnssService(source, self.fusion, self.health, self.clock)
@@ -159,6 +163,7 @@ class Agent:
                 for name, spec in self.supervisor.services.items()
             },
             "can": {s.port.name: s.status() for s in self.can_services},
+            "obd": {s.port.name: s.obd.counters for s in self.can_services if s.obd is not None},
             "gnss": self.gnss_service.status() if self.gnss_service else None,
             "state": self.last_state(),
         }

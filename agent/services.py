@@ -4,11 +4,12 @@ supervisor keeps alive; each reports its own health and counters."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from hal.errors import DecodeError
+from hal.errors import DecodeError, HalError
 from hal.interfaces import CanPort, Clock, GnssSource
 from hal.types import CanBusState, FixMode, GnssFix, SignalSample, VehicleState
 
@@ -43,8 +44,12 @@ class CanService:
         clock: Clock,
         *,
         silent_after: float = 2.0,
+        obd: Any = None,
     ) -> None:
         self.port = port
+        #: an ``ObdPoller`` whose responses arrive on this bus (it only sends requests itself)
+        self.obd = obd
+        self.opened = asyncio.Event()
         self.decoders = list(decoders)
         self.fusion = fusion
         self.health = health
@@ -61,17 +66,37 @@ class CanService:
     async def run(self) -> None:
         await self.port.open()
         self.opened_mono = self.clock.monotonic()
+        self.opened.set()
         self.health.ok(self.name, "open, waiting for frames")
         try:
             batches = getattr(self.port, "batches", None)
             if batches is not None:
                 async for batch in batches():
                     self._handle(batch)
+                    if self.obd is not None:
+                        await self._to_obd(batch)
             else:
                 async for frame in self.port.frames():
                     self._handle((frame,))
+                    if self.obd is not None:
+                        await self._to_obd((frame,))
         finally:
+            self.opened.clear()
             await self.port.close()
+
+    async def _to_obd(self, batch: Sequence[Any]) -> None:
+        responder = self.obd.config.addressing.ecu_of_response
+        for frame in batch:
+            if responder(frame) is not None:
+                try:
+                    await self.obd.on_frame(frame)
+                except HalError as err:  # flow control could not be sent
+                    log.debug("%s: OBD: %s", self.name, err)
+
+    async def run_obd(self) -> None:
+        """The OBD poller's request side; waits until the bus is open."""
+        await self.opened.wait()
+        await self.obd.poll_forever()
 
     def _handle(self, batch: Sequence[Any]) -> None:
         fusion_on = self.fusion.on_signal

@@ -583,6 +583,11 @@ class ObdPoller:
             await receiver
             poller.cancel()
 
+    async def poll_forever(self) -> None:
+        """Only the request side, for a caller that owns the port's receive stream and hands
+        every received frame to ``on_frame()`` (the agent's CAN service does)."""
+        await self._poll_loop()
+
     # ------------------------------------------------------------------------- receiving
 
     async def _receive_loop(self) -> None:
