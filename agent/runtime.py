@@ -15,20 +15,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from hal.interfaces import CanPort, Clock, GnssSource
+from hal.interfaces import Camera, CanPort, Clock, GnssSource
 from hal.registry import load_backend
 from hal.types import CanFilter, VehicleState
 
 from . import __version__
-from .config import CanBusConfig, Config, GnssConfig
+from .config import CameraConfig, CanBusConfig, Config, GnssConfig
 from .diagnostics import DiagnosticsServer
 from .fusion import Fusion
 from .health import HealthRegistry
 from .sdnotify import Notifier, watchdog_interval
-from .services import CanService, GnssService, HealthService, StateService, StateSink
+from .services import CameraService, CanService, GnssService, HealthService, StateService, StateSink
 from .supervisor import Supervisor
 
-__all__ = ["Agent", "build_can_port", "build_decoders", "build_gnss"]
+__all__ = ["Agent", "build_camera", "build_can_port", "build_decoders", "build_gnss"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,19 @@ def build_gnss(cfg: GnssConfig) -> GnssSource | None:
     return open_nmea_source(cfg.device, baudrate=cfg.baudrate, pace=cfg.pace, ready_timeout=cfg.ready_timeout)
 
 
+def build_camera(cfg: CameraConfig) -> Camera | None:
+    if cfg.backend == "none":
+        return None
+    cls = load_backend("camera", cfg.backend)
+    if cfg.backend == "v4l2":
+        camera: Camera = cls(cfg.path, width=cfg.width, height=cfg.height, fps=cfg.fps, name="camera")
+    elif cfg.backend == "folder":
+        camera = cls(cfg.path, fps=cfg.fps, loop=True, name="camera")
+    else:
+        camera = cls(cfg.path, loop=True, name="camera")
+    return camera
+
+
 class Agent:
     def __init__(
         self,
@@ -99,6 +112,7 @@ class Agent:
         self.supervisor = Supervisor(self.health, clock)
         self.can_services: list[CanService] = []
         self.gnss_service: GnssService | None = None
+        self.camera_service: CameraService | None = None
         self.state_service: StateService | None = None
         self.node_id = config.agent.node_id or socket.gethostname()
         self.started_mono = 0.0
@@ -131,12 +145,18 @@ class Agent:
         if source is not None:
             self.gnss_service = GnssService(source, self.fusion, self.health, self.clock)
             self.supervisor.add("gnss", self.gnss_service.run)
+        camera = build_camera(cfg.camera)
+        if camera is not None:
+            self.camera_service = CameraService(camera, self.health, self.clock, fps=cfg.camera.fps)
+            self.supervisor.add(self.camera_service.name, self.camera_service.run)
         if cfg.agent.role == "obu":
             self.state_service = StateService(self.fusion, self.clock, cfg.fusion.rate_hz, self.state_sinks)
             self.supervisor.add("state", self.state_service.run)
         checkers = [s.check for s in self.can_services]
         if self.gnss_service is not None:
             checkers.append(self.gnss_service.check)
+        if self.camera_service is not None:
+            checkers.append(self.camera_service.check)
         wd = watchdog_interval() if cfg.agent.watchdog else None
         health = HealthService(self.health, self.clock, checkers, self.notifier, watchdog=wd)
         self.supervisor.add("health", health.run)
@@ -165,6 +185,7 @@ class Agent:
             "can": {s.port.name: s.status() for s in self.can_services},
             "obd": {s.port.name: s.obd.counters for s in self.can_services if s.obd is not None},
             "gnss": self.gnss_service.status() if self.gnss_service else None,
+            "camera": self.camera_service.status() if self.camera_service else None,
             "state": self.last_state(),
         }
 

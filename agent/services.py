@@ -10,14 +10,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from hal.errors import DecodeError, HalError
-from hal.interfaces import CanPort, Clock, GnssSource
-from hal.types import CanBusState, FixMode, GnssFix, SignalSample, VehicleState
+from hal.interfaces import Camera, CanPort, Clock, GnssSource
+from hal.types import CanBusState, FixMode, Frame, GnssFix, SignalSample, VehicleState
 
 from .fusion import Fusion
 from .health import HealthRegistry
 from .sdnotify import Notifier
 
-__all__ = ["CanService", "GnssService", "HealthService", "StateService"]
+__all__ = ["CameraService", "CanService", "GnssService", "HealthService", "StateService"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,49 @@ class GnssService:
             "time": last.time.isoformat() if last and last.time else None,
             "lat": last.lat if last else None,
             "lon": last.lon if last else None,
+        }
+
+
+class CameraService:
+    """Reads a camera, keeps the newest frame and a frame count (models on frames come later)."""
+
+    def __init__(self, camera: Camera, health: HealthRegistry, clock: Clock, *, fps: float) -> None:
+        self.camera = camera
+        self.health = health
+        self.clock = clock
+        self.name = f"camera.{camera.name}"
+        self.expected_period = 1.0 / fps
+        self.frames = 0
+        self.last: Frame | None = None
+        self.opened_mono: float | None = None
+
+    async def run(self) -> None:
+        await self.camera.open()
+        self.opened_mono = self.clock.monotonic()
+        self.health.ok(self.name, "open, waiting for frames")
+        try:
+            async for frame in self.camera.frames():
+                self.frames += 1
+                self.last = frame
+        finally:
+            await self.camera.close()
+
+    def check(self, now: float) -> None:
+        since = self.last.monotonic if self.last is not None else self.opened_mono
+        if since is None:
+            return
+        if now - since > max(2.0, 5 * self.expected_period):
+            self.health.degraded(self.name, f"no frames for {now - since:.0f}s")
+        elif self.last is not None:
+            self.health.ok(self.name, f"{self.last.width}x{self.last.height} {self.last.pixel_format}")
+
+    def status(self) -> dict[str, Any]:
+        last = self.last
+        return {
+            "frames": self.frames,
+            "last": None
+            if last is None
+            else {"sequence": last.sequence, "timestamp": last.timestamp, "width": last.width, "height": last.height},
         }
 
 

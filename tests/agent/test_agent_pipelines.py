@@ -77,3 +77,32 @@ async def test_recorded_nmea_file_as_gnss(tmp_path: Path, refdata: Path) -> None
     ]
     assert min(abs(t["lat"] - state.lat) + abs(t["lon"] - state.lon) for t in tpvs) < 1e-4
     assert agent.health.get("gnss") is not None
+
+
+async def test_camera_from_an_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "cabin"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 24), (i * 40, 0, 0)).save(folder / f"frame{i:03d}.png")
+    cfg = load_config(
+        env={},
+        base={
+            "agent": {"data_dir": str(tmp_path)},
+            "gnss": {"backend": "none"},
+            "camera": {"backend": "folder", "path": str(folder), "fps": 50.0},
+        },
+    )
+    agent = Agent(cfg, handle_signals=False)
+    run = asyncio.create_task(agent.run(10.0))
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        if agent.camera_service is not None and agent.camera_service.frames >= 5:
+            break
+    status = agent.status()
+    agent.request_stop()
+    await run
+    assert status["camera"]["frames"] >= 5  # the folder loops
+    assert status["camera"]["last"]["width"] == 32 and status["camera"]["last"]["height"] == 24
+    assert status["health"]["camera.camera"]["status"] == "ok"

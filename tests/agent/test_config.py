@@ -161,3 +161,9 @@ def test_agent_exits_78_on_bad_config(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_documented_example_config_is_valid() -> None:
+    cfg = load_config(REPO / "docs/agent.example.toml", env={})
+    assert [b.name for b in cfg.can] == ["can0", "can1"]
+    assert cfg.gnss.device == "/dev/ttyACM0"
