@@ -26,9 +26,11 @@ LOG_SUFFIXES = (".log", ".asc", ".blf", ".trc", ".csv", ".mf4", ".db")
 
 
 def frame_from_message(msg: can.Message, channel: str = "", monotonic: float = 0.0) -> CanFrame:
-    """Convert a python-can message; raises ``DecodeError`` for an impossible frame."""
+    """Convert a python-can message; raises ``DecodeError`` for an impossible frame: id out of
+    range, too much data, or a DLC that no frame can have or that disagrees with the data
+    (python-can's ``dlc`` is the code 0..15 for classic CAN and the length in bytes for FD)."""
     try:
-        return CanFrame(
+        frame = CanFrame(
             arbitration_id=msg.arbitration_id,
             data=bytes(msg.data) if not msg.is_remote_frame else b"",
             is_extended_id=msg.is_extended_id,
@@ -45,6 +47,19 @@ def frame_from_message(msg: can.Message, channel: str = "", monotonic: float = 0
         )
     except ValueError as err:
         raise DecodeError(str(err), where=f"{channel or msg.channel} frame 0x{msg.arbitration_id:X}") from err
+    dlc = msg.dlc
+    if dlc is not None and not msg.is_remote_frame:
+        problem = ""
+        if msg.is_fd and not msg.is_error_frame:
+            if dlc != len(msg.data):
+                problem = f"CAN FD length {dlc} disagrees with the {len(msg.data)} data bytes"
+        elif not 0 <= dlc <= 15:
+            problem = f"DLC {dlc} is not a CAN DLC (0..15)"
+        elif not msg.is_error_frame and min(dlc, 8) != len(msg.data):
+            problem = f"DLC {dlc} means {min(dlc, 8)} data bytes but the frame has {len(msg.data)}"
+        if problem:
+            raise DecodeError(problem, where=f"{channel or msg.channel} frame 0x{msg.arbitration_id:X}")
+    return frame
 
 
 def message_from_frame(frame: CanFrame, channel: str | int | None = None) -> can.Message:
@@ -92,8 +107,8 @@ def read_log(
         raise DeviceError(f"{path}: no such log file")
     try:
         reader = can.LogReader(path)
-    except ImportError as err:
-        raise DeviceError(f"{path}: reading this format needs an extra package: {err}") from err
+    except (ImportError, NotImplementedError) as err:  # python-can's MF4Reader without asammdf
+        raise DeviceError(f"{path}: reading this format needs an extra package (mdf): {err}") from err
     except (OSError, ValueError) as err:
         raise DecodeError(f"cannot open log: {err}", where=str(path)) from err
 
@@ -115,9 +130,7 @@ def read_log(
                     return
                 except (ValueError, IndexError, KeyError, TypeError) as err:
                     # python-can's text readers raise these on a malformed line
-                    raise DecodeError(
-                        f"malformed record after frame {index}: {err}", where=str(path)
-                    ) from err
+                    raise DecodeError(f"malformed record after frame {index}: {err}", where=str(path)) from err
                 index += 1
                 channel = rename(str(msg.channel) if msg.channel is not None else "")
                 try:
