@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivers.clock import SystemClock
+from drivers.clock import SystemClock, sleep_until_or
 from hal.errors import DecodeError, DeviceError
 from hal.interfaces import Camera, Clock
 from hal.types import Frame
@@ -148,17 +148,7 @@ class _ReplayCamera(Camera):
 
     async def _wait_until(self, deadline: float, closed: asyncio.Event) -> bool:
         """Sleep on the clock until ``deadline``; ``False`` if the camera was closed first."""
-        if self._clock.monotonic() >= deadline:
-            return not closed.is_set()
-        sleeper = asyncio.ensure_future(self._clock.sleep_until(deadline))
-        closer = asyncio.ensure_future(closed.wait())
-        try:
-            await asyncio.wait((sleeper, closer), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, closer):
-                task.cancel()
-            await asyncio.gather(sleeper, closer, return_exceptions=True)
-        return not closed.is_set()
+        return await sleep_until_or(self._clock, deadline, closed)
 
 
 class ImageFolderCamera(_ReplayCamera):

@@ -9,7 +9,7 @@ import time
 
 from hal.interfaces import Clock
 
-__all__ = ["SimulatedClock", "SystemClock"]
+__all__ = ["SimulatedClock", "SystemClock", "sleep_until_or"]
 
 
 class SystemClock(Clock):
@@ -74,3 +74,21 @@ class SimulatedClock(Clock):
     def jump_wall_clock(self, seconds: float) -> None:
         """Step UTC time (a clock jump) without moving monotonic time."""
         self._offset += seconds
+
+
+async def sleep_until_or(clock: Clock, deadline: float, event: asyncio.Event) -> bool:
+    """Sleep on ``clock`` until monotonic ``deadline`` or until ``event`` is set, whichever comes
+    first. True when the deadline came with the event still clear (a close, a wake-up, ...)."""
+    if event.is_set():
+        return False
+    if clock.monotonic() >= deadline:
+        return True
+    sleeper = asyncio.ensure_future(clock.sleep_until(deadline))
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, waiter):
+            task.cancel()
+        await asyncio.gather(sleeper, waiter, return_exceptions=True)
+    return not event.is_set()

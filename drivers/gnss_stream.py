@@ -38,7 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from drivers.clock import SystemClock
+from drivers.clock import SystemClock, sleep_until_or
 from drivers.nmea import NmeaReader, ReaderEvent
 from hal.errors import DeviceError
 from hal.interfaces import Clock, GnssSource
@@ -437,14 +437,7 @@ class NmeaStreamSource(GnssSource):
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep on the clock; ``False`` if the source was closed meanwhile."""
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait({sleeper, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            closed.cancel()
-        return not self._closed.is_set()
+        return await sleep_until_or(self.clock, self.clock.monotonic() + seconds, self._closed)
 
     async def _read(self) -> bytes:
         """One transport read that returns ``b""`` as soon as the source is closed."""

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from drivers.clock import SystemClock
+from drivers.clock import SystemClock, sleep_until_or
 from hal.errors import DecodeError, DeviceError
 from hal.interfaces import Clock, GnssSource
 from hal.types import FixMode, GnssFix
@@ -332,14 +332,7 @@ class GpsdSource(GnssSource):
         attempt = 0
         while not self._closed.is_set():
             delay = self.backoff(attempt)
-            sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-            closed = asyncio.ensure_future(self._closed.wait())
-            try:
-                await asyncio.wait({sleeper, closed}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleeper.cancel()
-                closed.cancel()
-            if self._closed.is_set():
+            if not await sleep_until_or(self.clock, self.clock.monotonic() + delay, self._closed):
                 return False
             try:
                 await self._connect()

@@ -22,6 +22,7 @@ from collections.abc import Collection, Mapping
 from hal.interfaces import CanPort, Clock
 from hal.types import CanFrame
 
+from .clock import sleep_until_or
 from .isotp import IsoTpConfig, IsoTpError, IsoTpReceiver, IsoTpSender
 from .obd import (
     BITMAP_PIDS,
@@ -191,13 +192,7 @@ class ObdEcuService:
                 self._wake.clear()
                 continue
             self._wake.clear()
-            waker = asyncio.create_task(self._wake.wait(), name="obd-ecu-wake")
-            sleeper = asyncio.create_task(self.clock.sleep_until(min(deadlines)), name="obd-ecu-sleep")
-            try:
-                await asyncio.wait({waker, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waker.cancel()
-                sleeper.cancel()
+            await sleep_until_or(self.clock, min(deadlines), self._wake)
             now = self.clock.monotonic()
             for ecu in self.ecus:
                 for out in ecu.poll(now=now):
