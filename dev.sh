@@ -3,7 +3,7 @@
 #   ./dev.sh demo [SECONDS]   OBU agent on a simulated vehicle (virtual CAN + NMEA pty), bounded
 #   ./dev.sh test [PYTEST ARGS]  installs what the tests need (Debian + Python), runs pytest
 #   ./dev.sh test-slow        the long suites (marked slow)
-#   ./dev.sh bench            the benchmarks in --quick mode
+#   ./dev.sh bench [--full]   the benchmarks (--quick unless --full), in .venv-bench
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -14,15 +14,16 @@ need_python() {
         echo "dev.sh: Python >= 3.11 is needed ($PY is $("$PY" --version 2>&1))" >&2; exit 1; }
 }
 
-setup_venv() {  # $1: extras, e.g. "test"
+setup_venv() {  # $1: extras, e.g. "test" ("" for the runtime dependencies only)
     need_python
-    local stamp="$VENV/.installed-$1"
+    local stamp="$VENV/.installed-${1:-runtime}" spec="."
+    [ -n "$1" ] && spec=".[$1]"
     if [ ! -x "$VENV/bin/python" ]; then
         "$PY" -m venv "$VENV"
         "$VENV/bin/pip" install -q --upgrade pip
     fi
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        "$VENV/bin/pip" install -q -e ".[$1]"
+        "$VENV/bin/pip" install -q -e "$spec"
         touch "$stamp"
     fi
 }
@@ -57,9 +58,12 @@ case "$cmd" in
         exec "$VENV/bin/python" -m pytest -m slow "$@"
         ;;
     bench)
-        setup_venv dev
+        # runtime dependencies only, as on a box: test extras (asammdf, OpenCV) would inflate RSS
+        VENV=.venv-bench
+        setup_venv ""
         for b in tools/bench/[a-z]*.py; do
-            "$VENV/bin/python" -m "tools.bench.$(basename "$b" .py)" --quick
+            if [ "${1:-}" = --full ]; then "$VENV/bin/python" -m "tools.bench.$(basename "$b" .py)"
+            else "$VENV/bin/python" -m "tools.bench.$(basename "$b" .py)" --quick; fi
         done
         ;;
     *)

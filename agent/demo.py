@@ -51,25 +51,18 @@ def demo_base_config(data_dir: str) -> dict[str, Any]:
     }
 
 
-class ConsoleReport:
-    """State sink: one line per second, and running error statistics against the truth."""
+class TruthTracker:
+    """State sink: errors of the fused state against the simulated vehicle's truth."""
 
-    def __init__(self, out: TextIO, truth: Callable[[], Any], rate_hz: float, counts: Callable[[], dict[str, int]]):
-        self.out = out
+    def __init__(self, truth: Callable[[], Any]) -> None:
         self.truth = truth
-        self.every = max(1, round(rate_hz))
-        self.counts = counts
         self.n = 0
         self.speed_err: list[float] = []
         self.pos_err: list[float] = []
         self.dr_snapshots = 0
-        self.last_counts: dict[str, int] = {}
-        self.t0: float | None = None
 
     def __call__(self, s: VehicleState) -> None:
         self.n += 1
-        if self.t0 is None:
-            self.t0 = s.monotonic
         truth = self.truth()
         if s.speed is not None:
             self.speed_err.append(abs(s.speed - truth.speed))
@@ -78,6 +71,29 @@ class ConsoleReport:
             de = math.radians(s.lon - truth.lon) * 6_371_000 * math.cos(math.radians(truth.lat))
             self.pos_err.append(math.hypot(dn, de))
         self.dr_snapshots += s.dead_reckoning
+
+    def speed_err_mean(self) -> float | None:
+        return sum(self.speed_err) / len(self.speed_err) if self.speed_err else None
+
+    def pos_err_median(self) -> float | None:
+        return sorted(self.pos_err)[len(self.pos_err) // 2] if self.pos_err else None
+
+
+class ConsoleReport(TruthTracker):
+    """State sink: one line per second, and the error statistics against the truth."""
+
+    def __init__(self, out: TextIO, truth: Callable[[], Any], rate_hz: float, counts: Callable[[], dict[str, int]]):
+        super().__init__(truth)
+        self.out = out
+        self.every = max(1, round(rate_hz))
+        self.counts = counts
+        self.last_counts: dict[str, int] = {}
+        self.t0: float | None = None
+
+    def __call__(self, s: VehicleState) -> None:
+        super().__call__(s)
+        if self.t0 is None:
+            self.t0 = s.monotonic
         if self.n % self.every == 0:
             self.out.write(self.line(s) + "\n")
             self.out.flush()
@@ -201,16 +217,14 @@ def summary(agent: Any, report: ConsoleReport) -> str:
         g = agent.gnss_service.status()
         c = g["counters"]
         lines.append(f"  gnss: {g['fixes']} fixes; reader counters {c}")
-    n = len(report.speed_err)
-    if n:
+    if (mean := report.speed_err_mean()) is not None:
         lines.append(
             f"  fused vs simulator truth over {report.n} snapshots: speed error mean "
-            f"{sum(report.speed_err) / n:.3f} m/s (max {max(report.speed_err):.3f})"
+            f"{mean:.3f} m/s (max {max(report.speed_err):.3f})"
         )
-    if report.pos_err:
-        p = sorted(report.pos_err)
+    if (median := report.pos_err_median()) is not None:
         lines.append(
-            f"  position error median {p[len(p) // 2]:.2f} m, max {p[-1]:.2f} m "
+            f"  position error median {median:.2f} m, max {max(report.pos_err):.2f} m "
             f"({report.dr_snapshots} snapshots dead-reckoned)"
         )
     lines.append("  health: " + agent.health.summary())

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import signal
 import sys
 import tempfile
@@ -24,41 +23,28 @@ from typing import Any
 
 from agent import exitcodes
 from agent.config import ConfigError, load_config
-from agent.demo import SimulatedObu, demo_base_config
+from agent.demo import SimulatedObu, TruthTracker, demo_base_config
 from agent.logsetup import setup_logging
-from hal.types import VehicleState
 
 
-class Tracker:
-    """Per-OBU state sink: errors of the fused state against the simulator's truth."""
+class Tracker(TruthTracker):
+    """Per-OBU state sink: errors of the fused state against its simulator's truth."""
 
     def __init__(self, sim: SimulatedObu) -> None:
+        super().__init__(sim.vehicle.truth)
         self.sim = sim
-        self.speed_err: list[float] = []
-        self.pos_err: list[float] = []
-        self.snapshots = 0
-
-    def __call__(self, s: VehicleState) -> None:
-        self.snapshots += 1
-        truth = self.sim.vehicle.truth()
-        if s.speed is not None:
-            self.speed_err.append(abs(s.speed - truth.speed))
-        if s.lat is not None and s.lon is not None:
-            dn = math.radians(s.lat - truth.lat) * 6_371_000
-            de = math.radians(s.lon - truth.lon) * 6_371_000 * math.cos(math.radians(truth.lat))
-            self.pos_err.append(math.hypot(dn, de))
 
     def row(self) -> dict[str, Any]:
         a = self.sim.agent
-        pos = sorted(self.pos_err)
+        mean, median = self.speed_err_mean(), self.pos_err_median()
         return {
             "node": a.node_id,
             "frames": sum(s.frames for s in a.can_services),
             "undecodable": sum(s.decode_errors for s in a.can_services),
             "fixes": a.gnss_service.fixes if a.gnss_service else 0,
-            "snapshots": self.snapshots,
-            "speed_err_mean": round(sum(self.speed_err) / len(self.speed_err), 4) if self.speed_err else None,
-            "pos_err_median_m": round(pos[len(pos) // 2], 2) if pos else None,
+            "snapshots": self.n,
+            "speed_err_mean": None if mean is None else round(mean, 4),
+            "pos_err_median_m": None if median is None else round(median, 2),
             "health": str(a.health.overall()),
         }
 
