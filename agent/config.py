@@ -154,7 +154,7 @@ def load_config(
             problems.append(f"--set {item!r}: expected section.key=value")
             continue
         _set_dotted(raw, dotted.strip(), value, f"--set {dotted.strip()}", problems)
-    cfg = _build(Config, raw, "", problems)
+    cfg: Config | None = _build(Config, raw, "", problems)
     if cfg is not None:
         problems.extend(_check(cfg))
     if problems:

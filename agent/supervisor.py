@@ -59,7 +59,7 @@ class Supervisor:
 
     def backoff(self, failures: int) -> float:
         """Delay before restart number ``failures`` (1-based): full jitter in [d/2, d]."""
-        delay = min(self.backoff_max, self.backoff_initial * 2 ** max(0, failures - 1))
+        delay: float = min(self.backoff_max, self.backoff_initial * 2.0 ** max(0, failures - 1))
         return delay * self._rng.uniform(0.5, 1.0)
 
     async def run(self) -> None:

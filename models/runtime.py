@@ -40,9 +40,7 @@ def _import(name: str) -> Any:
     try:
         return importlib.import_module(RUNTIMES[name])
     except ImportError as err:
-        raise RuntimeNotAvailable(
-            f"TFLite runtime {name!r} ({RUNTIMES[name]}) cannot be imported: {err}"
-        ) from err
+        raise RuntimeNotAvailable(f"TFLite runtime {name!r} ({RUNTIMES[name]}) cannot be imported: {err}") from err
     except SystemError as err:  # tflite-runtime 2.14 built against numpy 1.x under numpy 2
         raise RuntimeNotAvailable(f"TFLite runtime {name!r} is installed but broken: {err}") from err
 
@@ -59,9 +57,7 @@ def available_runtimes() -> list[str]:
     return out
 
 
-def load_interpreter(
-    path: str | Path, *, runtime: str | None = None, num_threads: int = 1
-) -> tuple[Any, str]:
+def load_interpreter(path: str | Path, *, runtime: str | None = None, num_threads: int = 1) -> tuple[Any, str]:
     """Load ``path`` and allocate its tensors; returns ``(interpreter, runtime name)``."""
     forced = runtime or os.environ.get("ACC_TFLITE_RUNTIME") or None
     if forced is not None and forced not in RUNTIMES:

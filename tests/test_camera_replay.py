@@ -245,9 +245,7 @@ async def test_video_offsets_come_from_the_container(tmp_path):
         frames = await take(cam, 6, clock)
     assert [f.sequence for f in frames] == list(range(6))
     assert [f.monotonic for f in frames] == pytest.approx([10.0 + i * 0.04 for i in range(6)], abs=1e-6)
-    assert [f.timestamp for f in frames] == pytest.approx(
-        [1_600_000_000.0 + i * 0.04 for i in range(6)], abs=1e-6
-    )
+    assert [f.timestamp for f in frames] == pytest.approx([1_600_000_000.0 + i * 0.04 for i in range(6)], abs=1e-6)
     first = frames[0]
     assert (first.width, first.height, first.pixel_format, len(first.data)) == (64, 48, "RGB3", 64 * 48 * 3)
     r, g, b = first.data[:3]

@@ -137,9 +137,7 @@ def test_one_lap_follows_the_route_geometry_and_events():
         tr = sim.truth()
         top_speed[tr.segment] = max(top_speed[tr.segment], tr.speed)
         # WGS84 positions advance by the distance driven (independent radii-of-curvature metric)
-        assert step_distance(prev.lat, prev.lon, tr.lat, tr.lon) == pytest.approx(
-            tr.distance - prev.distance, abs=2e-4
-        )
+        assert step_distance(prev.lat, prev.lon, tr.lat, tr.lon) == pytest.approx(tr.distance - prev.distance, abs=2e-4)
         # heading (true, clockwise) turns against the counter-clockwise-positive yaw rate
         dh = (tr.heading - prev.heading + 180) % 360 - 180
         assert dh == pytest.approx(-(tr.yaw_rate + prev.yaw_rate) / 2 * TICK, abs=2e-3)
@@ -185,9 +183,7 @@ def test_decoded_frames_give_back_the_truth_with_dbc_signs():
         tr = sim.truth()
         expect = expected_signals(tr)
         for frame in frames:
-            assert frame.monotonic == pytest.approx(tr.monotonic) and frame.timestamp == pytest.approx(
-                tr.timestamp
-            )
+            assert frame.monotonic == pytest.approx(tr.monotonic) and frame.timestamp == pytest.approx(tr.timestamp)
             msg = DBS[frame.channel].get_message_by_frame_id(frame.arbitration_id)
             assert len(frame.data) == msg.length
             for name, value in decode(frame).items():
@@ -223,9 +219,7 @@ def test_every_message_at_its_dbc_period_over_10_seconds():
     for f in frames:
         times[(f.channel, f.arbitration_id)].append(f.monotonic)
     expected = {
-        ("can0" if db is PT else "can1", m.frame_id): m.cycle_time / 1000
-        for db in (PT, BODY)
-        for m in db.messages
+        ("can0" if db is PT else "can1", m.frame_id): m.cycle_time / 1000 for db in (PT, BODY) for m in db.messages
     }
     assert set(times) == set(expected)
     for key, period in expected.items():
@@ -311,9 +305,7 @@ def test_nmea_parses_with_pynmea2_and_matches_truth_within_noise():
                 zda_seconds.add(int(tr.timestamp))
                 assert msg.datetime.timestamp() == pytest.approx(tr.timestamp, abs=0.01)
         gga, rmc, gsa, vtg = (pynmea2.parse(line) for line in lines[:4])
-        assert (
-            gga.gps_qual == 1 and int(gga.num_sats) == 10 and rmc.status == "A" and gsa.mode_fix_type == "3"
-        )
+        assert gga.gps_qual == 1 and int(gga.num_sats) == 10 and rmc.status == "A" and gsa.mode_fix_type == "3"
         assert rmc.datetime.timestamp() == pytest.approx(tr.timestamp, abs=0.006)
         # reported position minus the noise the simulator says it added = truth
         m, n = radii(tr.lat)

@@ -63,8 +63,7 @@ def _fmt_uptime(seconds: float) -> str:
 
 def render(st: dict[str, Any]) -> str:
     lines = [
-        f"node      {st.get('node_id')}  (role {st.get('role')}, "
-        f"version {st.get('version')}, pid {st.get('pid')})",
+        f"node      {st.get('node_id')}  (role {st.get('role')}, version {st.get('version')}, pid {st.get('pid')})",
         f"uptime    {_fmt_uptime(float(st.get('uptime_s', 0)))}",
         f"overall   {str(st.get('overall', '?')).upper()}",
         "",
@@ -80,7 +79,5 @@ def render(st: dict[str, Any]) -> str:
         )
     g = st.get("gnss")
     if g:
-        lines.append(
-            f"\ngnss: mode {g['mode']}, {g['fixes']} fixes, last {g['lat']}, {g['lon']} at {g['time']}"
-        )
+        lines.append(f"\ngnss: mode {g['mode']}, {g['fixes']} fixes, last {g['lat']}, {g['lon']} at {g['time']}")
     return "\n".join(lines) + "\n"

@@ -56,9 +56,7 @@ def folder_jpeg_mjpg(tmp: Path) -> Case:
     _images(tmp / "jpg", ".jpg")
     clock = SimulatedClock()
     cls = load_backend("camera", "folder")
-    return Case(
-        cls(tmp / "jpg", fps=15, clock=clock, pixel_format="MJPG", name="front"), clock, 40, 30, "MJPG"
-    )
+    return Case(cls(tmp / "jpg", fps=15, clock=clock, pixel_format="MJPG", name="front"), clock, 40, 30, "MJPG")
 
 
 def video_rgb(tmp: Path) -> Case:
