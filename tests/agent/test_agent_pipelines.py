@@ -15,6 +15,8 @@ from drivers.can_bus import PythonCanPort
 from drivers.clock import SystemClock
 from drivers.obd_ecu import ObdEcu, ObdEcuService
 
+POWERTRAIN_DBC = Path(__file__).resolve().parents[2] / "drivers/data/acc_testcar_powertrain.dbc"
+
 
 async def test_obd_only_car_feeds_vehicle_state(tmp_path: Path) -> None:
     cfg = load_config(
@@ -106,3 +108,45 @@ async def test_camera_from_an_image_folder(tmp_path: Path) -> None:
     assert status["camera"]["frames"] >= 5  # the folder loops
     assert status["camera"]["last"]["width"] == 32 and status["camera"]["last"]["height"] == 24
     assert status["health"]["camera.camera"]["status"] == "ok"
+
+
+async def test_garbage_on_the_bus_is_counted_and_shown_in_health(tmp_path: Path) -> None:
+    from hal.types import CanFrame
+
+    cfg = load_config(
+        env={},
+        base={
+            "agent": {"data_dir": str(tmp_path)},
+            "can": [{"name": "can0", "interface": "virtual", "channel": "t-garbage", "dbc": str(POWERTRAIN_DBC)}],
+            "gnss": {"backend": "none"},
+        },
+    )
+    sender = PythonCanPort("ecu", interface="virtual", channel="t-garbage")
+    good = bytes.fromhex("881300000000f000")  # ESP_1: 50.00 km/h
+    states: list = []
+    agent = Agent(cfg, handle_signals=False, state_sinks=[states.append])
+    run = asyncio.create_task(agent.run(20.0))
+    await asyncio.sleep(0)  # run() builds the services
+    await asyncio.wait_for(agent.can_services[0].opened.wait(), 10)
+    async with sender:
+        for i in range(60):
+            data = good if i % 6 == 0 else b"\x01\x02\x03"  # ESP_1 needs 8 bytes: 50 truncated frames
+            await sender.send(CanFrame(0x1A0, data))
+        await sender.send(CanFrame(0x7FF, b"\x00"))  # not in the DBC: ignored, not an error
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        if agent.can_services[0].frames >= 61 and agent.health.get("can.can0").reason.endswith("did not decode"):
+            break
+    status = agent.status()
+    agent.request_stop()
+    await run
+    can0 = status["can"]["can0"]
+    assert can0["frames"] == 61 and can0["decode_errors"] == 50
+    assert "ESP_1" in can0["last_error"] and "0x1A0" in can0["last_error"]
+    assert status["health"]["can.can0"] == {
+        "status": "degraded",
+        "reason": "50 of 61 frames did not decode",
+        "since": status["health"]["can.can0"]["since"],
+    }
+    # the good frames among the garbage got through to the fused state
+    assert any(s.speed is not None and abs(s.speed - 50 / 3.6) < 0.01 for s in states)
