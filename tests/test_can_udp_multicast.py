@@ -114,7 +114,8 @@ def test_two_processes_talk_over_udp_multicast_in_a_private_namespace() -> None:
     for rx in report["receivers"]:
         assert rx["frames"] == want, f"receiver {rx['name']} ({rx['rx_path']})"
         assert rx["channels"] == [rx["name"]]
-        assert (rx["rx_frames"], rx["overruns"]) == (len(want), 0)
+        # the other receiver's ack may already have arrived too (multicast reaches everyone)
+        assert rx["rx_frames"] in (len(want), len(want) + 1) and rx["overruns"] == 0
         paths.add(rx["rx_path"])
     assert paths == {"loop", "thread"}  # add_reader on the socket, and the reader thread
 
