@@ -1,3 +1,4 @@
-"""The trust substrate (deterministic CBOR, COSE, DIDs, Merkle trees, consensus, light client).
+"""The trust substrate: deterministic CBOR, COSE_Sign1, keys, did:key, CWT credentials,
+attestations (and, with the ledger issue, Merkle trees, consensus and the light client).
 
-Empty until the trust-layer and ledger issues land; ``agent/`` is its only user."""
+Pure code: no asyncio, no sockets, no files; time is passed in as ``now``."""

@@ -1,0 +1,85 @@
+"""The trust substrate's error tree. Every check raises one of these; none returns a boolean.
+
+``MalformedError`` is "a peer sent garbage" (count it, maybe ban the peer); ``VerificationError``
+is "well-formed but not to be believed" (bad signature, expired, revoked, replayed)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CborError",
+    "CoseError",
+    "CredentialError",
+    "DidError",
+    "KeyFormatError",
+    "LedgerError",
+    "MalformedError",
+    "ReplayError",
+    "RevokedError",
+    "SchemaError",
+    "SignatureError",
+    "UnsupportedAlgorithm",
+    "ValidityError",
+    "VerificationError",
+]
+
+
+class LedgerError(Exception):
+    """Base of every error raised by ledger_lite."""
+
+
+class MalformedError(LedgerError, ValueError):
+    """Input that does not parse or does not follow the format (says what and where)."""
+
+
+class CborError(MalformedError):
+    """Not (deterministic) CBOR, or CBOR of the wrong shape."""
+
+
+class CoseError(MalformedError):
+    """A COSE structure that is malformed (wrong tag, wrong header types, ...)."""
+
+
+class KeyFormatError(MalformedError):
+    """A key that cannot be read (wrong length, not on the curve, unknown key type)."""
+
+
+class DidError(MalformedError):
+    """A DID that is malformed or names an unsupported method/key type."""
+
+
+class SchemaError(MalformedError):
+    """A payload that violates its message kind's schema; ``field`` names the culprit."""
+
+    def __init__(self, message: str, *, field: str = "", kind: str = "") -> None:
+        self.field = field
+        self.kind = kind
+        where = ".".join(p for p in (kind, field) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class UnsupportedAlgorithm(LedgerError, ValueError):
+    """An algorithm or curve we do not accept."""
+
+
+class VerificationError(LedgerError):
+    """Well-formed, but not to be believed."""
+
+
+class SignatureError(VerificationError):
+    """The signature does not verify with the key."""
+
+
+class ValidityError(VerificationError):
+    """Outside its validity period (with the stated clock-skew allowance)."""
+
+
+class RevokedError(VerificationError):
+    """A credential or key in the chain is revoked."""
+
+
+class CredentialError(VerificationError):
+    """A credential chain that does not lead to a trust root, or grants less than asked."""
+
+
+class ReplayError(VerificationError):
+    """An attestation seen before, or older than the newest seen from its sender."""
