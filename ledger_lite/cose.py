@@ -38,6 +38,7 @@ TAG_SIGN1 = 18
 HDR_ALG, HDR_CRIT, HDR_CONTENT_TYPE, HDR_KID = 1, 2, 3, 4
 
 KeyResolver = Callable[["Sign1"], VerifyKey]
+_FROZEN_MAP: type = getattr(cbor2, "frozendict", dict)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ def decode_sign1(data: bytes) -> Sign1:
     protected_raw, unprotected, payload, signature = obj
     if not isinstance(protected_raw, bytes):
         raise CoseError("protected header must be a byte string")
+    if isinstance(unprotected, _FROZEN_MAP):  # cbor2 6 decodes maps inside tags as frozendict
+        unprotected = dict(unprotected)
     if not isinstance(unprotected, dict):
         raise CoseError("unprotected header must be a map")
     if payload is not None and not isinstance(payload, bytes):
