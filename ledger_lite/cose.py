@@ -112,7 +112,7 @@ def decode_sign1(data: bytes) -> Sign1:
     if not isinstance(protected_raw, bytes):
         raise CoseError("protected header must be a byte string")
     if isinstance(unprotected, _FROZEN_MAP):  # cbor2 6 decodes maps inside tags as frozendict
-        unprotected = dict(unprotected)
+        unprotected = dict(unprotected)  # type: ignore[call-overload]
     if not isinstance(unprotected, dict):
         raise CoseError("unprotected header must be a map")
     if payload is not None and not isinstance(payload, bytes):
