@@ -6,6 +6,8 @@ is "well-formed but not to be believed" (bad signature, expired, revoked, replay
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
+    "AudienceError",
     "CborError",
     "CoseError",
     "CredentialError",
@@ -13,6 +15,7 @@ __all__ = [
     "KeyFormatError",
     "LedgerError",
     "MalformedError",
+    "PoolExhaustedError",
     "ReplayError",
     "RevokedError",
     "SchemaError",
@@ -73,6 +76,10 @@ class ValidityError(VerificationError):
     """Outside its validity period (with the stated clock-skew allowance)."""
 
 
+class AudienceError(VerificationError):
+    """A token addressed to someone else (its ``aud`` does not name the verifier)."""
+
+
 class RevokedError(VerificationError):
     """A credential or key in the chain is revoked."""
 
@@ -81,5 +88,17 @@ class CredentialError(VerificationError):
     """A credential chain that does not lead to a trust root, or grants less than asked."""
 
 
+class AccessDenied(CredentialError):
+    """No presented grant allows the request; ``reasons`` says, per grant, why not."""
+
+    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
+        self.reasons = list(reasons or [])
+        super().__init__(message)
+
+
 class ReplayError(VerificationError):
     """An attestation seen before, or older than the newest seen from its sender."""
+
+
+class PoolExhaustedError(LedgerError):
+    """A pool of one-time material (V2V pseudonym certificates) has nothing usable left now."""

@@ -4,6 +4,9 @@ COSE uses (not DER). ``verify`` raises ``SignatureError``; it never returns a bo
 
 A ``SigningKey``'s repr never shows key material; ``private_bytes()`` is the one way out
 (raw 32/57-byte EdDSA seed, or the big-endian ECDSA scalar), used only by the key store.
+
+``KeyAgreementKey`` / ``KeyAgreementPrivateKey`` are X25519 keys (RFC 7748) for key agreement
+only: they never sign or verify (did:key ``z6LS...`` DIDs, the pseudonym authority's escrow key).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, x25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
@@ -26,6 +29,8 @@ __all__ = [
     "ALG_ES384",
     "ALG_ES512",
     "CURVES",
+    "KeyAgreementKey",
+    "KeyAgreementPrivateKey",
     "SigningKey",
     "VerifyKey",
 ]
@@ -232,3 +237,86 @@ class SigningKey:
 
     def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("SigningKey cannot be pickled (it would copy key material)")
+
+
+# --- key agreement (X25519) ------------------------------------------------------------------
+# Not signing keys: a did:key of type X25519 (``z6LS...``) resolves to a ``KeyAgreementKey``, and
+# the pseudonym authority's escrow key (ledger_lite.pseudonym) is one.
+
+
+@dataclass(frozen=True, eq=False)
+class KeyAgreementKey:
+    """An X25519 public key (RFC 7748). Equal keys have equal ``raw()`` bytes."""
+
+    crv: str
+    _key: x25519.X25519PublicKey
+
+    @classmethod
+    def from_raw(cls, crv: str, data: bytes) -> KeyAgreementKey:
+        if crv != "X25519":
+            raise UnsupportedAlgorithm(f"unsupported key-agreement curve {crv!r} (supported: X25519)")
+        try:
+            return cls(crv, x25519.X25519PublicKey.from_public_bytes(bytes(data)))
+        except ValueError as err:
+            raise KeyFormatError(f"not a valid X25519 public key ({len(data)} bytes): {err}") from None
+
+    def raw(self) -> bytes:
+        return self._key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def cose_key(self) -> dict[int, object]:
+        """The COSE_Key map (OKP, crv X25519 = 4; no kid)."""
+        return {_KTY: _KTY_OKP, _CRV: _CRV_X25519, _X: self.raw()}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.crv.encode() + self.raw()).hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeyAgreementKey) and self.raw() == other.raw()
+
+    def __hash__(self) -> int:
+        return hash((self.crv, self.raw()))
+
+    def __repr__(self) -> str:
+        return f"KeyAgreementKey({self.crv}, {self.fingerprint()})"
+
+
+_CRV_X25519 = 4
+
+
+class KeyAgreementPrivateKey:
+    """An X25519 private key. ``exchange()`` gives the raw shared secret (feed it to a KDF)."""
+
+    __slots__ = ("_key", "crv", "public")
+
+    def __init__(self, key: x25519.X25519PrivateKey) -> None:
+        self.crv = "X25519"
+        self._key = key
+        self.public = KeyAgreementKey("X25519", key.public_key())
+
+    @classmethod
+    def generate(cls) -> KeyAgreementPrivateKey:
+        return cls(x25519.X25519PrivateKey.generate())
+
+    @classmethod
+    def from_private_bytes(cls, data: bytes) -> KeyAgreementPrivateKey:
+        try:
+            return cls(x25519.X25519PrivateKey.from_private_bytes(bytes(data)))
+        except ValueError as err:
+            raise KeyFormatError(f"not a valid X25519 private key: {err}") from None
+
+    def private_bytes(self) -> bytes:
+        """Raw private key material. Only a key store should call this."""
+        return self._key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+    def exchange(self, peer: KeyAgreementKey) -> bytes:
+        """X25519(self, peer); ``KeyFormatError`` for a low-order peer key (all-zero secret)."""
+        try:
+            return self._key.exchange(peer._key)
+        except ValueError as err:
+            raise KeyFormatError(f"X25519 exchange with {peer!r} failed: {err}") from None
+
+    def __repr__(self) -> str:
+        return f"KeyAgreementPrivateKey({self.crv}, public {self.public.fingerprint()})"
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("KeyAgreementPrivateKey cannot be pickled (it would copy key material)")
