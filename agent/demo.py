@@ -9,6 +9,7 @@ second, then a summary that compares the fused state with the simulator's truth.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 from hal.types import VehicleState
 
 from .config import Config
+from .keystore import ensure_device_key
 from .services import StateSink
 
 DATA = Path(__file__).resolve().parent.parent / "drivers" / "data"
@@ -178,6 +180,8 @@ class SimulatedObu:
     async def run(self, duration: float | None) -> None:
         os.makedirs(self.config.agent.data_dir, exist_ok=True)
         try:
+            # each simulated OBU has its own identity (fsync: off the loop)
+            await asyncio.to_thread(ensure_device_key, self.config.agent.data_dir)
             await self.agent.run(duration)
         finally:
             self.close()

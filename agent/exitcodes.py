@@ -1,6 +1,7 @@
 """Exit codes of every AutoChain program (sysexits.h values where one fits).
 
-systemd's unit uses ``RestartPreventExitStatus=78`` so a bad config does not restart-loop.
+systemd's unit uses ``RestartPreventExitStatus=77 78`` so neither a bad config nor an unsafe
+device key file restart-loops: both need a person (``acc-agent --check-config``; ``acc keys show``).
 """
 
 OK = 0
@@ -16,5 +17,9 @@ UNAVAILABLE = 69
 SOFTWARE = 70
 #: cannot open an input or device (EX_NOINPUT / EX_IOERR)
 NO_INPUT = 66
+#: the device key file is unsafe or unusable (EX_NOPERM): readable by others, owned by another
+#: user, not a key. The message says what to run (chmod 600 / chown / acc keys init). Never
+#: restarted by systemd.
+NOPERM = 77
 #: a configuration error (EX_CONFIG): never restarted by systemd
 CONFIG = 78

@@ -3,8 +3,8 @@
     acc-agent --config /etc/autochain/agent.toml          # as systemd runs it
     acc-agent --demo --duration 20                        # simulated vehicle, no hardware
 
-Exit codes (agent/exitcodes.py): 0 clean stop, 78 configuration error (systemd's
-``RestartPreventExitStatus=78`` keeps a bad config from restart-looping), 70 internal error.
+Exit codes (agent/exitcodes.py): 0 clean stop, 78 configuration error, 77 unsafe device key file
+(systemd's ``RestartPreventExitStatus=77 78`` keeps either from restart-looping), 70 internal error.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__, exitcodes
 from .config import Config, ConfigError, load_config
+from .keystore import KeyStoreError
 from .logsetup import setup_logging
 
 log = logging.getLogger("agent")
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="acc-agent",
         description="AutoChain edge agent (OBU/RSU). Config: TOML file, then ACC_<SECTION>__<KEY> "
         "environment variables, then --set flags.",
-        epilog="exit codes: 0 stopped cleanly, 78 configuration error, 70 internal error",
+        epilog="exit codes: 0 stopped cleanly, 78 configuration error, 77 unsafe device key file, 70 internal error",
     )
     p.add_argument("-c", "--config", help=f"TOML config file (default {DEFAULT_CONFIG} when it exists)")
     p.add_argument("--role", choices=["obu", "rsu"], help="override agent.role")
@@ -94,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         sys.stderr.write(f"acc-agent: {err}\n")
         return exitcodes.CONFIG
+    except KeyStoreError as err:  # the device key file is unsafe: refuse to start, say what to run
+        sys.stderr.write(f"acc-agent: refusing to start: {err}\n")
+        return exitcodes.NOPERM
     except Exception as err:  # noqa: BLE001 - last resort: say what happened, exit non-zero
         log.critical("agent failed: %s", err, exc_info=err)
         return exitcodes.SOFTWARE

@@ -24,6 +24,7 @@ from .config import CameraConfig, CanBusConfig, Config, GnssConfig
 from .diagnostics import DiagnosticsServer
 from .fusion import Fusion
 from .health import HealthRegistry
+from .keystore import DeviceIdentity, DeviceKeyMissing, load_identity
 from .sdnotify import Notifier, watchdog_interval
 from .services import CameraService, CanService, GnssService, HealthService, StateService, StateSink
 from .supervisor import Supervisor
@@ -115,6 +116,8 @@ class Agent:
         self.camera_service: CameraService | None = None
         self.state_service: StateService | None = None
         self.node_id = config.agent.node_id or socket.gethostname()
+        #: the device's DID and signing key (agent/keystore.py), loaded by run(); None: not provisioned
+        self.identity: DeviceIdentity | None = None
         self.started_mono = 0.0
         self._stop: asyncio.Event | None = None
 
@@ -126,6 +129,16 @@ class Agent:
         if rt := os.environ.get("RUNTIME_DIRECTORY"):
             return Path(rt.split(":")[0]) / "diag.sock"
         return Path(self.config.agent.data_dir) / "diag.sock"
+
+    def _load_identity(self) -> None:
+        """The device key: an unsafe key file raises ``KeyStoreError`` (acc-agent exits 77);
+        without one the agent runs, with health ``identity`` degraded."""
+        try:
+            self.identity = load_identity(self.config.agent.data_dir)
+        except DeviceKeyMissing:
+            self.health.degraded("identity", "no device key: run acc keys init")
+        else:
+            self.health.ok("identity", self.identity.did)
 
     def _build(self) -> None:
         cfg = self.config
@@ -177,6 +190,7 @@ class Agent:
             "pid": os.getpid(),
             "uptime_s": round(self.clock.monotonic() - self.started_mono, 1),
             "overall": str(self.health.overall()),
+            "did": self.identity.did if self.identity is not None else None,
             "health": {name: h.as_dict() for name, h in self.health.snapshot().items()},
             "services": {
                 name: {"restarts": spec.restarts, "finished": spec.finished}
@@ -203,6 +217,7 @@ class Agent:
         """Run until SIGTERM/SIGINT, ``request_stop()``, or ``duration`` seconds."""
         self._stop = asyncio.Event()
         self.started_mono = self.clock.monotonic()
+        self._load_identity()
         self._build()
         loop = asyncio.get_running_loop()
         installed = []
