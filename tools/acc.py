@@ -20,6 +20,8 @@ _GROUPS = {
     "status": "tools.cli_status",
     "gnss": "tools.cli_gnss",
     "can": "tools.cli_can",
+    "keys": "tools.cli_keys",
+    "attest": "tools.cli_attest",
 }
 
 
