@@ -12,8 +12,9 @@ to pyca/cryptography's raw signature operations on the same bytes in the same ru
 Sides are measured in alternating rounds (median over rounds) so drift hits both alike.
 The goal: ours >= 70 % of the raw rate for Ed25519 build+sign and verify.
 
-    python -m tools.bench.attestations            # 9 rounds
-    python -m tools.bench.attestations --quick    # 5 shorter rounds, a few seconds
+    python -m tools.bench.attest_sign [--quick]          # Ed25519 build + sign
+    python -m tools.bench.attest_verify [--quick]        # Ed25519 verify
+    python -m tools.bench.attest_verify_p256 [--quick]   # P-256 verify
 """
 
 from __future__ import annotations
@@ -154,7 +155,15 @@ def bench_verify(crv: str, n: int, rounds: int) -> tuple[float, float, int]:
     return value, baseline, len(chain[0])
 
 
-def main(argv: list[str] | None = None) -> None:
+FIGURES: dict[str, tuple[str, str]] = {
+    "attestation_build_sign_ed25519": ("build+sign", "raw Ed25519 sign"),
+    "attestation_verify_ed25519": ("verify", "raw Ed25519 verify"),
+    "attestation_verify_p256": ("verify", "raw P-256 ECDSA verify"),
+}
+
+
+def main(figure: str, argv: list[str] | None = None) -> None:
+    """Measure one figure and end with its JSON line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="5 short rounds (a few seconds)")
     ap.add_argument("--rounds", type=int, help="rounds per side (default 9, quick 5)")
@@ -162,34 +171,28 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rounds = args.rounds or (5 if args.quick else 9)
     n = args.n or (1500 if args.quick else 4000)
-    figures = []
-    value, baseline, size = bench_build(n, rounds)
-    figures.append(("attestation_build_sign_ed25519", "build+sign", value, baseline, size, "raw Ed25519 sign"))
-    value, baseline, size = bench_verify("Ed25519", n, rounds)
-    figures.append(("attestation_verify_ed25519", "verify", value, baseline, size, "raw Ed25519 verify"))
-    value, baseline, size = bench_verify("P-256", max(n // 2, 200), rounds)
-    figures.append(("attestation_verify_p256", "verify", value, baseline, size, "raw P-256 ECDSA verify"))
-    for name, what, value, baseline, size, raw_name in figures:
-        print(
-            f"{name}: ours {value:,.0f}/s ({1e6 / value:.1f} us), {raw_name} {baseline:,.0f}/s "
-            f"({1e6 / baseline:.1f} us): {100 * value / baseline:.0f} % of raw ({what}, {size}-byte attestation)"
+    if figure == "attestation_build_sign_ed25519":
+        value, baseline, size = bench_build(n, rounds)
+    elif figure == "attestation_verify_ed25519":
+        value, baseline, size = bench_verify("Ed25519", n, rounds)
+    else:
+        value, baseline, size = bench_verify("P-256", max(n // 2, 200), rounds)
+    what, raw_name = FIGURES[figure]
+    print(
+        f"{figure}: ours {value:,.0f}/s ({1e6 / value:.1f} us), {raw_name} {baseline:,.0f}/s "
+        f"({1e6 / baseline:.1f} us): {100 * value / baseline:.0f} % of raw ({what}, {size}-byte attestation)"
+    )
+    print(
+        json.dumps(
+            {
+                "figure": figure,
+                "unit": "attestations/s",
+                "value": round(value),
+                "baseline": round(baseline),
+                "ratio": round(value / baseline, 3),
+                "bytes": size,
+                "rounds": rounds,
+                "quick": args.quick,
+            }
         )
-    for name, _, value, baseline, size, _ in figures:
-        print(
-            json.dumps(
-                {
-                    "figure": name,
-                    "unit": "attestations/s",
-                    "value": round(value),
-                    "baseline": round(baseline),
-                    "ratio": round(value / baseline, 3),
-                    "bytes": size,
-                    "rounds": rounds,
-                    "quick": args.quick,
-                }
-            )
-        )
-
-
-if __name__ == "__main__":
-    main()
+    )
