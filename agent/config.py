@@ -22,12 +22,14 @@ from typing import Any, Literal
 
 __all__ = [
     "AgentConfig",
+    "AttestConfig",
     "CameraConfig",
     "CanBusConfig",
     "Config",
     "ConfigError",
     "FusionConfig",
     "GnssConfig",
+    "TrustConfig",
     "load_config",
 ]
 
@@ -114,12 +116,33 @@ class FusionConfig:
 
 
 @dataclass(frozen=True)
+class AttestConfig:
+    enabled: bool = _doc("sign attestations with the device key (needs `acc keys init`)", True)
+    summary_interval: float = _doc("seconds between sensor_summary attestations (0: none)", 60.0)
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    roots: dict[str, Any] = _doc(
+        "trust roots: did:key -> role or list of roles (oem, registration, road_authority, pseudonym_ca)",
+        None,
+        default_factory=dict,
+    )
+    revocation_file: str = _doc("revocation list file (credential ids and DIDs, one per line)", "")
+    credentials_dir: str = _doc("credentials this node keeps (owner credentials for grant chains)", "")
+    skew: float = _doc("clock-skew allowance for validity times, seconds", 60.0)
+    vin: str = _doc("this vehicle's VIN (access grants may be bound to it)", "")
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = _doc("runtime", None, default_factory=AgentConfig)
     can: tuple[CanBusConfig, ...] = _doc("CAN buses, one [[can]] table each", ())
     gnss: GnssConfig = _doc("GNSS receiver", None, default_factory=GnssConfig)
     camera: CameraConfig = _doc("camera", None, default_factory=CameraConfig)
     fusion: FusionConfig = _doc("VehicleState fusion", None, default_factory=FusionConfig)
+    attest: AttestConfig = _doc("attestations", None, default_factory=AttestConfig)
+    trust: TrustConfig = _doc("trust roots, revocation, access grants", None, default_factory=TrustConfig)
 
 
 def load_config(
@@ -361,6 +384,14 @@ def _check(cfg: Config) -> list[str]:
         problems.append(f"gnss.port: {cfg.gnss.port} is not a TCP port")
     if cfg.camera.backend != "none" and not cfg.camera.path:
         problems.append(f"camera.path: required for camera backend {cfg.camera.backend!r}")
+    if cfg.attest.summary_interval < 0:
+        problems.append("attest.summary_interval: must be >= 0")
+    if not 0 <= cfg.trust.skew < 86400:
+        problems.append("trust.skew: must be within 0..86400 s")
+    for path_key in ("revocation_file", "credentials_dir"):
+        value = getattr(cfg.trust, path_key)
+        if value and not Path(value).exists():
+            problems.append(f"trust.{path_key}: {value} does not exist")
     if cfg.camera.fps <= 0:
         problems.append("camera.fps: must be > 0")
     return problems

@@ -50,6 +50,7 @@ def demo_base_config(data_dir: str) -> dict[str, Any]:
             },
         ],
         "gnss": {"backend": "nmea", "device": PTY_PLACEHOLDER},
+        "attest": {"summary_interval": 10.0},
     }
 
 
@@ -230,6 +231,12 @@ def summary(agent: Any, report: ConsoleReport) -> str:
         lines.append(
             f"  position error median {median:.2f} m, max {max(report.pos_err):.2f} m "
             f"({report.dr_snapshots} snapshots dead-reckoned)"
+        )
+    if agent.attestor is not None:
+        st = agent.attestor.status()
+        lines.append(
+            f"  attestations: {st['attested']} signed by {st['did'][:24]}... in {st['dir']}"
+            + (f" (check one: acc attest verify {st['dir']}/{st['next_seq'] - 1:012d}.cose)" if st["attested"] else "")
         )
     lines.append("  health: " + agent.health.summary())
     lines.append(f"  RSS {psutil.Process().memory_info().rss / 2**20:.1f} MiB")

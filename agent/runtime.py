@@ -20,6 +20,7 @@ from hal.registry import load_backend
 from hal.types import CanFilter, VehicleState
 
 from . import __version__
+from .attestor import Attestor, SummaryService
 from .config import CameraConfig, CanBusConfig, Config, GnssConfig
 from .diagnostics import DiagnosticsServer
 from .fusion import Fusion
@@ -118,6 +119,8 @@ class Agent:
         self.node_id = config.agent.node_id or socket.gethostname()
         #: the device's DID and signing key (agent/keystore.py), loaded by run(); None: not provisioned
         self.identity: DeviceIdentity | None = None
+        self.attestor: Attestor | None = None
+        self.summary: SummaryService | None = None
         self.started_mono = 0.0
         self._stop: asyncio.Event | None = None
 
@@ -165,6 +168,7 @@ class Agent:
         if cfg.agent.role == "obu":
             self.state_service = StateService(self.fusion, self.clock, cfg.fusion.rate_hz, self.state_sinks)
             self.supervisor.add("state", self.state_service.run)
+        self._build_attestor()
         checkers = [s.check for s in self.can_services]
         if self.gnss_service is not None:
             checkers.append(self.gnss_service.check)
@@ -179,6 +183,28 @@ class Agent:
         self.supervisor.add("diagnostics", diag.serve)
         for name, run in self.extra_services:
             self.supervisor.add(name, run)
+
+    def _build_attestor(self) -> None:
+        cfg = self.config
+        if self.identity is None or not cfg.attest.enabled:
+            return
+        gnss, state = self.gnss_service, self.state_service
+        self.attestor = Attestor(
+            self.identity,
+            cfg.agent.data_dir,
+            self.clock,
+            fix=lambda: gnss.last if gnss is not None else None,
+            state=lambda: state.last if state is not None else None,
+        )
+        if state is not None and cfg.attest.summary_interval > 0:
+            services = self.can_services
+
+            def can_counters() -> tuple[int, int]:
+                return sum(s.frames for s in services), sum(s.decode_errors for s in services)
+
+            self.summary = SummaryService(self.attestor, self.clock, cfg.attest.summary_interval, can_counters)
+            state.sinks.append(self.summary)
+            self.supervisor.add("attest.summary", self.summary.run)
 
     # --- diagnostics ------------------------------------------------------------------------
 
@@ -200,6 +226,7 @@ class Agent:
             "obd": {s.port.name: s.obd.counters for s in self.can_services if s.obd is not None},
             "gnss": self.gnss_service.status() if self.gnss_service else None,
             "camera": self.camera_service.status() if self.camera_service else None,
+            "attest": self.attestor.status() if self.attestor else None,
             "state": self.last_state(),
         }
 
