@@ -20,6 +20,7 @@ from hal.registry import load_backend
 from hal.types import CanFilter, VehicleState
 
 from . import __version__
+from .access import AccessGate
 from .attestor import Attestor, SummaryService
 from .config import CameraConfig, CanBusConfig, Config, GnssConfig
 from .diagnostics import DiagnosticsServer
@@ -85,6 +86,22 @@ def build_camera(cfg: CameraConfig) -> Camera | None:
     return camera
 
 
+#: resources a granted requester can read, and the VehicleState field that holds them
+RESOURCE_FIELDS: dict[str, tuple[str, str]] = {
+    "Vehicle.Speed": ("speed", "m/s"),
+    "Vehicle.Acceleration.Longitudinal": ("accel_longitudinal", "m/s^2"),
+    "Vehicle.Acceleration.Lateral": ("accel_lateral", "m/s^2"),
+    "Vehicle.AngularVelocity.Yaw": ("yaw_rate", "degrees/s"),
+    "Vehicle.Chassis.SteeringWheel.Angle": ("steering_angle", "degrees"),
+    "Vehicle.Chassis.Brake.PedalPosition": ("brake", "percent"),
+    "Vehicle.Chassis.Accelerator.PedalPosition": ("throttle", "percent"),
+    "Vehicle.Powertrain.Transmission.CurrentGear": ("gear", ""),
+    "Vehicle.CurrentLocation.Latitude": ("lat", "degrees"),
+    "Vehicle.CurrentLocation.Longitude": ("lon", "degrees"),
+    "Vehicle.CurrentLocation.Heading": ("heading", "degrees"),
+}
+
+
 class Agent:
     def __init__(
         self,
@@ -120,6 +137,7 @@ class Agent:
         #: the device's DID and signing key (agent/keystore.py), loaded by run(); None: not provisioned
         self.identity: DeviceIdentity | None = None
         self.attestor: Attestor | None = None
+        self.access: AccessGate | None = None
         self.summary: SummaryService | None = None
         self.started_mono = 0.0
         self._stop: asyncio.Event | None = None
@@ -169,6 +187,7 @@ class Agent:
             self.state_service = StateService(self.fusion, self.clock, cfg.fusion.rate_hz, self.state_sinks)
             self.supervisor.add("state", self.state_service.run)
         self._build_attestor()
+        self._build_access()
         checkers = [s.check for s in self.can_services]
         if self.gnss_service is not None:
             checkers.append(self.gnss_service.check)
@@ -180,6 +199,7 @@ class Agent:
         diag = DiagnosticsServer(self.diag_socket_path())
         diag.command("status", lambda req: self.status())
         diag.command("state", lambda req: self.last_state())
+        diag.command("access.read", self.access_read)
         self.supervisor.add("diagnostics", diag.serve)
         for name, run in self.extra_services:
             self.supervisor.add(name, run)
@@ -205,6 +225,40 @@ class Agent:
             self.summary = SummaryService(self.attestor, self.clock, cfg.attest.summary_interval, can_counters)
             state.sinks.append(self.summary)
             self.supervisor.add("attest.summary", self.summary.run)
+
+    def _build_access(self) -> None:
+        """The grant-enforcing gate for requests to this vehicle's data (needs an identity)."""
+        if self.identity is None:
+            return
+        from ledger_lite.credentials import CredentialStore, RevocationList, TrustStore
+
+        t = self.config.trust
+        revocation = RevocationList.parse(Path(t.revocation_file).read_text()) if t.revocation_file else None
+        store = TrustStore(t.roots, revocation, skew=t.skew)
+        creds = (
+            CredentialStore(p.read_bytes() for p in sorted(Path(t.credentials_dir).glob("*.cose")))
+            if t.credentials_dir
+            else None
+        )
+        self.access = AccessGate(self.identity.did, store, vin=t.vin or None, credentials=creds)
+
+    def access_read(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Diagnostics command ``access.read``: a signed request (hex) -> the resource's value."""
+        if self.access is None:
+            raise PermissionError("this node has no device identity: no access to vehicle data")
+        request = bytes.fromhex(str(req.get("request", "")))
+        decision = self.access.check(request, self.clock.time())
+        state = self.state_service.last if self.state_service else None
+        field, unit = RESOURCE_FIELDS.get(decision.resource, ("", ""))
+        value = getattr(state, field, None) if state is not None and field else None
+        return {
+            "allowed": True,
+            "subject": decision.subject,
+            "resource": decision.resource,
+            "value": value,
+            "unit": unit,
+            "grant": decision.grant_id.hex(),
+        }
 
     # --- diagnostics ------------------------------------------------------------------------
 
