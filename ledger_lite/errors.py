@@ -12,10 +12,13 @@ __all__ = [
     "CoseError",
     "CredentialError",
     "DidError",
+    "DoubleSignError",
+    "GenesisError",
     "KeyFormatError",
     "LedgerError",
     "MalformedError",
     "PoolExhaustedError",
+    "ProofError",
     "ReplayError",
     "RevokedError",
     "SchemaError",
@@ -102,3 +105,16 @@ class ReplayError(VerificationError):
 
 class PoolExhaustedError(LedgerError):
     """A pool of one-time material (V2V pseudonym certificates) has nothing usable left now."""
+
+
+class ProofError(VerificationError):
+    """A Merkle inclusion or consistency proof that does not verify (says why: index or size out of
+    range, wrong path length or hash size, root mismatch)."""
+
+
+class GenesisError(MalformedError):
+    """A genesis file / validator set that is unusable (no validators, power <= 0, duplicates, bad DID)."""
+
+
+class DoubleSignError(LedgerError):
+    """We were about to sign a consensus message conflicting with one we signed before (a bug, never a peer)."""
