@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "FusionConfig",
     "GnssConfig",
+    "MqttConfig",
     "TrustConfig",
     "load_config",
 ]
@@ -135,6 +137,30 @@ class TrustConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = _doc("connect to an MQTT 5 broker (the cell network)", False)
+    host: str = _doc("broker host name or address", "127.0.0.1")
+    port: int = _doc("broker TCP port (1883 plain, 8883 TLS by convention)", 1883)
+    cell: str = _doc("the cell this node belongs to (topic id: A-Z a-z 0-9 . _ -)", "")
+    client_id: str = _doc("MQTT client id; default: agent.node_id", "")
+    tls: bool = _doc("connect with TLS", False)
+    ca_file: str = _doc("CA bundle the broker's certificate must chain to ('' = system CAs)", "")
+    cert_file: str = _doc("client certificate (PEM) for mutual TLS ('' = none)", "")
+    key_file: str = _doc("private key (PEM) of cert_file", "")
+    tls_verify: bool = _doc("verify the broker's certificate and host name (never turn off in the field)", True)
+    username: str = _doc("user name ('' = anonymous)", "")
+    password_file: str = _doc("file whose first line is the password (read at each connect, never logged)", "")
+    keepalive: int = _doc("MQTT keepalive, seconds", 30)
+    connect_timeout: float = _doc("seconds a TCP+TLS+CONNACK exchange may take", 10.0)
+    queue_max: int = _doc("outgoing messages held while the broker is slow or away; publish() waits beyond", 1000)
+    inflight_max: int = _doc("messages handed to the socket and not yet acknowledged/written", 100)
+    inbox_max: int = _doc("received messages waiting for the agent; more are dropped and counted", 10000)
+    max_payload: int = _doc("largest payload published or accepted, bytes", 262144)
+    backoff_initial: float = _doc("first reconnect delay, seconds (full jitter, doubling)", 0.5)
+    backoff_max: float = _doc("largest reconnect delay, seconds", 30.0)
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = _doc("runtime", None, default_factory=AgentConfig)
     can: tuple[CanBusConfig, ...] = _doc("CAN buses, one [[can]] table each", ())
@@ -143,6 +169,7 @@ class Config:
     fusion: FusionConfig = _doc("VehicleState fusion", None, default_factory=FusionConfig)
     attest: AttestConfig = _doc("attestations", None, default_factory=AttestConfig)
     trust: TrustConfig = _doc("trust roots, revocation, access grants", None, default_factory=TrustConfig)
+    mqtt: MqttConfig = _doc("MQTT 5 broker connection (cell network)", None, default_factory=MqttConfig)
 
 
 def load_config(
@@ -394,4 +421,38 @@ def _check(cfg: Config) -> list[str]:
             problems.append(f"trust.{path_key}: {value} does not exist")
     if cfg.camera.fps <= 0:
         problems.append("camera.fps: must be > 0")
+    problems.extend(_check_mqtt(cfg.mqtt))
+    return problems
+
+
+def _check_mqtt(m: MqttConfig) -> list[str]:
+    problems = []
+    if m.enabled:
+        if not m.host:
+            problems.append("mqtt.host: required when mqtt.enabled")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", m.cell):
+            problems.append(f"mqtt.cell: {m.cell!r} is not a cell id (1-64 of A-Z a-z 0-9 . _ -)")
+    if not 0 < m.port < 65536:
+        problems.append(f"mqtt.port: {m.port} is not a TCP port")
+    if bool(m.cert_file) != bool(m.key_file):
+        problems.append("mqtt.cert_file and mqtt.key_file: give both or neither")
+    if (m.cert_file or m.ca_file) and not m.tls:
+        problems.append("mqtt.ca_file / mqtt.cert_file: set mqtt.tls = true to use them")
+    for key in ("ca_file", "cert_file", "key_file", "password_file"):
+        value = getattr(m, key)
+        if value and not Path(value).is_file():
+            problems.append(f"mqtt.{key}: file {value} does not exist")
+    if m.password_file and not m.username:
+        problems.append("mqtt.password_file: needs mqtt.username")
+    if not 5 <= m.keepalive <= 65535:
+        problems.append(f"mqtt.keepalive: {m.keepalive} is outside 5..65535 s")
+    if m.connect_timeout <= 0:
+        problems.append("mqtt.connect_timeout: must be > 0")
+    for key in ("queue_max", "inflight_max", "inbox_max"):
+        if getattr(m, key) < 1:
+            problems.append(f"mqtt.{key}: must be >= 1")
+    if not 1 <= m.max_payload <= 268_435_455:
+        problems.append("mqtt.max_payload: must be within 1..268435455 bytes")
+    if not 0 < m.backoff_initial <= m.backoff_max:
+        problems.append("mqtt.backoff_initial / backoff_max: need 0 < backoff_initial <= backoff_max")
     return problems

@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 REFDATA = Path(os.environ.get("ACC_REFDATA", REPO.parent / "shared" / "refdata"))
 DATA = Path(__file__).resolve().parent / "data"
 
+pytest_plugins = ["tests.mqtt_broker"]
+
 
 @pytest.fixture(scope="session")
 def refdata() -> Path:
