@@ -208,6 +208,9 @@ async def nmea_tcp_server(refdata: Path) -> AsyncIterator[tuple[int, bytes]]:
     data = nmea_only((refdata / "nmea/gpsd/quectel-L70.log").read_bytes())
 
     async def serve(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # pyserial's socket:// open() flushes its input buffer right after connecting: data sent
+        # before that would be thrown away (a real receiver streams on; this one sends once)
+        await asyncio.sleep(1.0)
         writer.write(data)
         await writer.drain()
         with contextlib.suppress(OSError, asyncio.CancelledError):
