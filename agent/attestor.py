@@ -32,6 +32,7 @@ from hal.types import FixMode, GnssFix, VehicleState
 from ledger_lite.attestation import AttestationBuilder, Position, TimeSource, attestation_id
 
 from .keystore import DeviceIdentity
+from .outbox import AsyncOutbox, OutboxError
 
 __all__ = ["Attestor", "SummaryService", "TimeReading", "chain_dir"]
 
@@ -72,6 +73,8 @@ class Attestor:
         *,
         fix: Callable[[], GnssFix | None] = lambda: None,
         state: Callable[[], VehicleState | None] = lambda: None,
+        outbox: AsyncOutbox | None = None,
+        cell: Callable[[], str] = lambda: "",
     ) -> None:
         self.identity = identity
         self.dir = chain_dir(data_dir)
@@ -79,6 +82,9 @@ class Attestor:
         self._fix = fix
         self._state = state
         self._builder: AttestationBuilder | None = None
+        #: where attestations go to be sent (to the current cell) once they are in the chain
+        self.outbox = outbox
+        self._cell = cell
         self._lock = asyncio.Lock()
         self.count = 0
         self.last_id: bytes | None = None
@@ -135,8 +141,10 @@ class Attestor:
                 raise
             self.count += 1
             self.last_id = attestation_id(data)
-            log.debug("attested %s seq %d (%s)", kind, seq, reading.source)
-            return data
+        log.debug("attested %s seq %d (%s)", kind, seq, reading.source)
+        if self.outbox is not None:  # in the chain already: a failed enqueue loses nothing
+            await self.outbox.enqueue(data, cell=self._cell(), kind=kind)
+        return data
 
     def status(self) -> dict[str, Any]:
         state = self._builder.state if self._builder is not None else None
@@ -232,6 +240,6 @@ class SummaryService:
                 continue
             try:
                 await self.attestor.attest("sensor_summary", body)
-            except OSError as err:  # disk full, read-only: say so, keep driving
+            except (OSError, OutboxError) as err:  # disk full, read-only, outbox full: say so, keep driving
                 self.failures += 1
                 log.error("could not store the sensor summary attestation: %s", err)

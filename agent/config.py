@@ -30,6 +30,7 @@ __all__ = [
     "ConfigError",
     "FusionConfig",
     "GnssConfig",
+    "OutboxConfig",
     "MqttConfig",
     "TrustConfig",
     "load_config",
@@ -124,6 +125,15 @@ class AttestConfig:
 
 
 @dataclass(frozen=True)
+class OutboxConfig:
+    budget_mb: float = _doc(
+        "disk budget of the store-and-forward outbox, MiB (eviction order: see agent/outbox.py)", 64.0
+    )
+    resend_after: float = _doc("seconds before an unacknowledged entry is sent again (doubling, capped)", 30.0)
+    resend_max: float = _doc("largest resend interval, seconds", 600.0)
+
+
+@dataclass(frozen=True)
 class TrustConfig:
     roots: dict[str, Any] = _doc(
         "trust roots: did:key -> role or list of roles (oem, registration, road_authority, pseudonym_ca)",
@@ -169,6 +179,7 @@ class Config:
     fusion: FusionConfig = _doc("VehicleState fusion", None, default_factory=FusionConfig)
     attest: AttestConfig = _doc("attestations", None, default_factory=AttestConfig)
     trust: TrustConfig = _doc("trust roots, revocation, access grants", None, default_factory=TrustConfig)
+    outbox: OutboxConfig = _doc("store-and-forward outbox for attestations", None, default_factory=OutboxConfig)
     mqtt: MqttConfig = _doc("MQTT 5 broker connection (cell network)", None, default_factory=MqttConfig)
 
 
@@ -411,6 +422,10 @@ def _check(cfg: Config) -> list[str]:
         problems.append(f"gnss.port: {cfg.gnss.port} is not a TCP port")
     if cfg.camera.backend != "none" and not cfg.camera.path:
         problems.append(f"camera.path: required for camera backend {cfg.camera.backend!r}")
+    if cfg.outbox.budget_mb <= 0.01:
+        problems.append("outbox.budget_mb: must be more than 0.01 MiB")
+    if not 0 < cfg.outbox.resend_after <= cfg.outbox.resend_max:
+        problems.append("outbox.resend_after: must be > 0 and <= outbox.resend_max")
     if cfg.attest.summary_interval < 0:
         problems.append("attest.summary_interval: must be >= 0")
     if not 0 <= cfg.trust.skew < 86400:

@@ -27,6 +27,8 @@ from .diagnostics import DiagnosticsServer
 from .fusion import Fusion
 from .health import HealthRegistry
 from .keystore import DeviceIdentity, DeviceKeyMissing, load_identity
+from .mqtt import MqttClient
+from .outbox import AsyncOutbox, Entry, OutboxSender, SendError
 from .sdnotify import Notifier, watchdog_interval
 from .services import CameraService, CanService, GnssService, HealthService, StateService, StateSink
 from .supervisor import Supervisor
@@ -137,10 +139,14 @@ class Agent:
         #: the device's DID and signing key (agent/keystore.py), loaded by run(); None: not provisioned
         self.identity: DeviceIdentity | None = None
         self.attestor: Attestor | None = None
+        self.outbox: AsyncOutbox | None = None
+        self.mqtt: MqttClient | None = None
         self.access: AccessGate | None = None
         self.summary: SummaryService | None = None
         self.started_mono = 0.0
         self._stop: asyncio.Event | None = None
+        #: set once run() has built every service (tests and embedders wait on it)
+        self.built = asyncio.Event()
 
     # --- building ---------------------------------------------------------------------------
 
@@ -188,6 +194,7 @@ class Agent:
             self.supervisor.add("state", self.state_service.run)
         self._build_attestor()
         self._build_access()
+        self._build_network()
         checkers = [s.check for s in self.can_services]
         if self.gnss_service is not None:
             checkers.append(self.gnss_service.check)
@@ -204,6 +211,51 @@ class Agent:
         for name, run in self.extra_services:
             self.supervisor.add(name, run)
 
+    async def _open_outbox(self) -> None:
+        """The outbox exists where attestations are made: a node with a device identity."""
+        cfg = self.config
+        if self.identity is None or not cfg.attest.enabled:
+            return
+        self.outbox = await AsyncOutbox.open(
+            Path(cfg.agent.data_dir) / "outbox" / "outbox.db",
+            budget_bytes=int(cfg.outbox.budget_mb * 2**20),
+            clock=self.clock,
+            resend_after=cfg.outbox.resend_after,
+            resend_max=cfg.outbox.resend_max,
+        )
+
+    def _build_network(self) -> None:
+        """MQTT to the cell's broker, and the outbox's sender publishing on the cell's tx topic."""
+        cfg = self.config
+        if not cfg.mqtt.enabled:
+            return
+        from . import topics
+        from .mqtt import presence_signer
+
+        presence = None
+        if self.identity is not None:
+            from ledger_lite.attestation import kid_for
+
+            presence = presence_signer(self.identity.key, kid_for(self.identity.did), self.node_id, self.clock.time)
+        client = MqttClient(
+            cfg.mqtt,
+            node_id=cfg.mqtt.client_id or self.node_id,
+            cell=cfg.mqtt.cell,
+            clock=self.clock,
+            health=self.health,
+            presence_payload=presence,
+        )
+        self.mqtt = client
+        self.supervisor.add("mqtt", client.run, restart="always")
+        if self.outbox is not None:
+
+            async def send(entry: Entry) -> None:
+                if not await client.publish(topics.tx(entry.cell), entry.payload):
+                    raise SendError("the MQTT client dropped it (offline policy)")
+
+            sender = OutboxSender(self.outbox, send, self.clock, health=self.health, cells=lambda: {cfg.mqtt.cell})
+            self.supervisor.add("outbox.sender", sender.run)
+
     def _build_attestor(self) -> None:
         cfg = self.config
         if self.identity is None or not cfg.attest.enabled:
@@ -215,6 +267,8 @@ class Agent:
             self.clock,
             fix=lambda: gnss.last if gnss is not None else None,
             state=lambda: state.last if state is not None else None,
+            outbox=self.outbox,
+            cell=lambda: cfg.mqtt.cell,
         )
         if state is not None and cfg.attest.summary_interval > 0:
             services = self.can_services
@@ -281,6 +335,7 @@ class Agent:
             "gnss": self.gnss_service.status() if self.gnss_service else None,
             "camera": self.camera_service.status() if self.camera_service else None,
             "attest": self.attestor.status() if self.attestor else None,
+            "mqtt": self.mqtt.stats() if self.mqtt else None,
             "state": self.last_state(),
         }
 
@@ -299,7 +354,9 @@ class Agent:
         self._stop = asyncio.Event()
         self.started_mono = self.clock.monotonic()
         self._load_identity()
+        await self._open_outbox()
         self._build()
+        self.built.set()
         loop = asyncio.get_running_loop()
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT) if self.handle_signals else ():
@@ -326,6 +383,8 @@ class Agent:
                     w.cancel()
             self.notifier.stopping()
             await self._shutdown(task)
+            if self.outbox is not None:
+                await self.outbox.close()
             for sig in installed:
                 loop.remove_signal_handler(sig)
         if task.done() and not task.cancelled() and task.exception() is not None:

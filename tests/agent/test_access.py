@@ -101,7 +101,7 @@ async def test_a_granted_app_reads_the_speed_through_the_running_agent(tmp_path:
     )
     agent = Agent(cfg, handle_signals=False)
     run = asyncio.create_task(agent.run(20.0))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(agent.built.wait(), 10)
     await asyncio.wait_for(agent.can_services[0].opened.wait(), 10)
     sock = tmp_path / "diag.sock"
     async with PythonCanPort("ecu", interface="virtual", channel="t-access") as ecu:

@@ -126,7 +126,7 @@ async def test_garbage_on_the_bus_is_counted_and_shown_in_health(tmp_path: Path)
     states: list = []
     agent = Agent(cfg, handle_signals=False, state_sinks=[states.append])
     run = asyncio.create_task(agent.run(20.0))
-    await asyncio.sleep(0)  # run() builds the services
+    await asyncio.wait_for(agent.built.wait(), 10)
     await asyncio.wait_for(agent.can_services[0].opened.wait(), 10)
     async with sender:
         for i in range(60):
