@@ -118,3 +118,58 @@ class GenesisError(MalformedError):
 
 class DoubleSignError(LedgerError):
     """We were about to sign a consensus message conflicting with one we signed before (a bug, never a peer)."""
+
+
+# --------------------------------------------------------------------------- blocks and commit certificates
+
+
+class BlockFormatError(MalformedError):
+    """A block, header or commit certificate whose encoding is not exactly the format; ``field`` names it."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class BlockInvalidError(VerificationError):
+    """A well-formed block that breaks a rule of ``validate_basic``; ``field`` names the culprit."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class LinkError(BlockInvalidError):
+    """A block that does not follow its predecessor (height gap, previous block id, last commit)."""
+
+
+class TxRootError(BlockInvalidError):
+    """The header's tx_root is not the Merkle root of the block's transactions."""
+
+
+class ChainMismatchError(VerificationError):
+    """A block, header or certificate checked against another chain's id or validator set."""
+
+
+class CommitError(VerificationError):
+    """A commit certificate that does not prove > 2/3 of the voting power precommitted this block."""
+
+
+class CommitSignatureError(CommitError, SignatureError):
+    """A precommit signature in a certificate does not verify."""
+
+
+class QuorumError(CommitError):
+    """The certificate's valid signers hold no more than 2/3 of the voting power."""
+
+
+class DuplicateSignerError(CommitError):
+    """A validator appears twice in one certificate (it is never counted twice)."""
+
+
+class UnknownSignerError(CommitError):
+    """A certificate signer that is not in the validator set."""
+
+
+class CommitMismatchError(CommitError):
+    """A certificate for another height, round or block than the one it is checked against."""

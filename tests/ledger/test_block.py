@@ -1,0 +1,270 @@
+"""Blocks and commit certificates: a 4-validator Ed25519 cell drives consensus.step in-process, each
+committed value is a Block with attestation txs, and its Commit becomes a CommitCertificate."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from typing import Any
+
+import pytest
+
+from ledger_lite import consensus as C
+from ledger_lite.attestation import AttestationBuilder, TimeSource, attestation_id
+from ledger_lite.block import GENESIS_PREV_ID, Block, CommitCertificate, Header, tx_receipt
+from ledger_lite.didkey import did_key
+from ledger_lite.errors import (
+    BlockFormatError,
+    BlockInvalidError,
+    ChainMismatchError,
+    CommitMismatchError,
+    CommitSignatureError,
+    DuplicateSignerError,
+    LinkError,
+    ProofError,
+    QuorumError,
+    TxRootError,
+    UnknownSignerError,
+)
+from ledger_lite.keys import SigningKey
+from ledger_lite.validators import ValidatorSet
+
+CHAIN = "cell-test"
+KEYS = [SigningKey.from_private_bytes("Ed25519", bytes([i + 41]) * 32) for i in range(4)]
+DIDS = [did_key(k.public) for k in KEYS]
+BY_DID = dict(zip(DIDS, KEYS, strict=True))
+VSET = ValidatorSet.from_genesis({"chain_id": CHAIN, "validators": [{"did": d, "power": 1} for d in DIDS]})
+T0 = 1_800_000_000_000
+BODY = {"codes": ["P0301", "U0100"], "mil": True, "distance_with_mil": 1200.0}
+
+
+class KeySigner:
+    def __init__(self, key: SigningKey) -> None:
+        self.key = key
+        self.did = did_key(key.public)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.key.sign(data)
+
+
+def attestations(n: int, seed: int = 3) -> list[bytes]:
+    key = SigningKey.from_private_bytes("Ed25519", bytes([seed]) * 32)
+    b = AttestationBuilder(key, did_key(key.public))
+    return [b.build("dtc_report", BODY, time=T0 / 1000 + i, time_source=TimeSource.GNSS) for i in range(n)]
+
+
+def run_cell(heights: int, txs_per_block: int = 3) -> list[tuple[Block, CommitCertificate, C.Commit]]:
+    """Four nodes, a lossless in-order network, no timeouts needed: returns each height's block,
+    certificate (from node 0's Commit action) and the Commit itself."""
+    nodes = {d: C.initial_state(C.Params(VSET, KeySigner(BY_DID[d]))) for d in DIDS}
+    pool = attestations(heights * txs_per_block)
+    chain: list[tuple[Block, CommitCertificate, C.Commit]] = []
+    queue: deque[tuple[str, C.Input]] = deque((d, C.Start()) for d in DIDS)
+    while queue and len(chain) < heights:
+        who, inp = queue.popleft()
+        nodes[who], actions = C.step(nodes[who], inp)
+        for a in actions:
+            if isinstance(a, C.Broadcast):
+                queue.extend((d, C.Received(a.msg)) for d in DIDS if d != who)
+            elif isinstance(a, C.RequestValue):
+                prev = chain[-1] if chain and chain[-1][0].height == a.height - 1 else None
+                txs = pool[(a.height - 1) * txs_per_block : a.height * txs_per_block]
+                block = Block.build(
+                    validators=VSET,
+                    height=a.height,
+                    round=a.round,
+                    time_ms=T0 + a.height * 1000,
+                    prev=None if prev is None else prev[0],
+                    txs=txs,
+                    last_commit=None if prev is None else prev[1],
+                    app_hash=bytes(32),
+                    proposer=who,
+                )
+                queue.append((who, C.ProposeValue(a.height, a.round, block.encode())))
+            elif isinstance(a, C.Commit) and who == DIDS[0]:
+                block = Block.decode(a.value)
+                chain.append((block, CommitCertificate.from_consensus(a, VSET), a))
+    assert len(chain) == heights
+    return chain
+
+
+@pytest.fixture(scope="module")
+def chain() -> list[tuple[Block, CommitCertificate, C.Commit]]:
+    return run_cell(4)
+
+
+def test_consensus_chain_validates_and_certificates_verify(chain: Any) -> None:
+    prev: Block | None = None
+    for block, cert, commit in chain:
+        assert block.encode() == commit.value and cert.value_id == C.value_id(commit.value) == block.value_id()
+        block.validate_basic(prev, VSET)
+        cert.check_block(block, VSET)
+        assert Block.decode(block.encode()) == block
+        assert Block.from_parts(block.header.encode(), block.encode_body()) == block
+        assert Header.decode(block.header.encode()).block_id() == block.block_id()
+        assert CommitCertificate.decode(cert.encode()) == cert
+        if prev is not None:
+            assert block.header.prev_block_id == prev.block_id() and block.last_commit is not None
+            assert block.last_commit.value_id == prev.value_id()
+        prev = block
+    assert chain[0][0].header.prev_block_id == GENESIS_PREV_ID
+
+
+def test_certificate_size_at_n4(chain: Any) -> None:
+    cert = chain[1][1]
+    assert len(cert.signatures) >= 3
+    assert len(cert.encode()) <= 600
+    all_four = dataclasses.replace(cert, signatures=tuple((i, bytes(64)) for i in range(4)))
+    print(
+        f"\ncertificate: {len(cert.encode())} bytes ({len(cert.signatures)} signers), {len(all_four.encode())} with 4"
+    )
+    assert len(all_four.encode()) <= 600
+
+
+def test_receipts_verify_against_tx_root(chain: Any) -> None:
+    block = chain[2][0]
+    for i, tx in enumerate(block.txs):
+        aid, proof = tx_receipt(block, i)
+        assert aid == attestation_id(tx)
+        proof.verify(tx, block.header.tx_root)
+    aid, proof = tx_receipt(block, 0)
+    with pytest.raises(ProofError):
+        proof.verify(block.txs[1], block.header.tx_root)
+    with pytest.raises(IndexError):
+        tx_receipt(block, len(block.txs))
+
+
+def _resign(cert: CommitCertificate, signatures: Any) -> CommitCertificate:
+    return dataclasses.replace(cert, signatures=tuple(signatures))
+
+
+def test_tampered_header_field_is_refused(chain: Any) -> None:
+    (b1, _, _), (b2, c2, _) = chain[0], chain[1]
+    for field, value in (("time_ms", b2.header.time_ms + 1), ("app_hash", b"\x01" * 32), ("round", 5)):
+        forged = dataclasses.replace(b2, header=dataclasses.replace(b2.header, **{field: value}))
+        with pytest.raises(CommitMismatchError):
+            c2.check_block(forged, VSET)
+    forged = dataclasses.replace(b2, header=dataclasses.replace(b2.header, prev_block_id=bytes([7]) * 32))
+    with pytest.raises(LinkError, match="prev_block_id"):
+        forged.validate_basic(b1, VSET)
+    forged = dataclasses.replace(b2, header=dataclasses.replace(b2.header, validators_hash=bytes(32)))
+    with pytest.raises(BlockInvalidError, match="validators_hash"):
+        forged.validate_basic(b1, VSET)
+
+
+def test_tampered_tx_is_refused(chain: Any) -> None:
+    (b1, _, _), (b2, c2, _) = chain[0], chain[1]
+    forged = dataclasses.replace(b2, txs=(b2.txs[0][:-1] + b"\x00", *b2.txs[1:]))
+    with pytest.raises(TxRootError):
+        forged.validate_basic(b1, VSET)
+    with pytest.raises(CommitMismatchError):
+        c2.check_block(forged, VSET)
+    dup = Block.build(
+        validators=VSET,
+        height=2,
+        round=0,
+        time_ms=b2.header.time_ms,
+        prev=b1,
+        txs=[b2.txs[0]] * 2,
+        last_commit=b2.last_commit,
+    )
+    with pytest.raises(BlockInvalidError, match="twice"):
+        dup.validate_basic(b1, VSET)
+
+
+def test_certificate_tampering(chain: Any) -> None:
+    block, cert, commit = chain[1]
+    sigs = list(cert.signatures)
+    bad = bytearray(sigs[0][1])
+    bad[5] ^= 1
+    with pytest.raises(CommitSignatureError):
+        _resign(cert, [(sigs[0][0], bytes(bad)), *sigs[1:]]).verify(VSET, CHAIN)
+    # a signature moved to another validator's slot
+    with pytest.raises(CommitSignatureError):
+        _resign(cert, [(sigs[1][0], sigs[0][1]), *sigs[1:]][:1] + sigs[2:]).verify(VSET, CHAIN)
+    with pytest.raises(QuorumError):
+        _resign(cert, sigs[:2]).verify(VSET, CHAIN)
+    with pytest.raises(DuplicateSignerError):
+        _resign(cert, [*sigs[:2], sigs[1]]).verify(VSET, CHAIN)
+    with pytest.raises(UnknownSignerError):
+        _resign(cert, [*sigs, (9, sigs[0][1])]).verify(VSET, CHAIN)
+    with pytest.raises(ChainMismatchError):
+        cert.verify(VSET, "other-chain")
+    with pytest.raises(CommitSignatureError):  # the same validators on another chain signed other bytes
+        other = ValidatorSet("other-chain", VSET.validators)
+        cert.verify(other, "other-chain")
+    with pytest.raises(CommitSignatureError):
+        dataclasses.replace(cert, round=cert.round + 1).verify(VSET, CHAIN)
+    # the consensus votes themselves: duplicates collapse, unknown voters are refused
+    votes = commit.certificate
+    assert CommitCertificate.from_votes((*votes, votes[0]), VSET) == cert
+    stranger = SigningKey.from_private_bytes("Ed25519", b"\x99" * 32)
+    sd = did_key(stranger.public)
+    v = C.Vote(C.PRECOMMIT, votes[0].height, votes[0].round, votes[0].value_id, sd)
+    with pytest.raises(UnknownSignerError):
+        CommitCertificate.from_votes(
+            (*votes, dataclasses.replace(v, signature=stranger.sign(v.sign_bytes(CHAIN)))), VSET
+        )
+    with pytest.raises(CommitMismatchError):
+        CommitCertificate.from_consensus(dataclasses.replace(commit, value=b"other"), VSET)
+
+
+def test_missing_or_wrong_last_commit(chain: Any) -> None:
+    (b1, _, _), (b2, _, _), (b3, _, _) = chain[0], chain[1], chain[2]
+    with pytest.raises(LinkError, match="last_commit"):
+        dataclasses.replace(b2, last_commit=None).validate_basic(b1, VSET)
+    assert b3.last_commit is not None
+    with pytest.raises(LinkError, match="commit for 2/0"):
+        dataclasses.replace(b2, last_commit=b3.last_commit).validate_basic(b1, VSET)
+    with pytest.raises(LinkError, match="height"):
+        b3.validate_basic(b1, VSET)
+    with pytest.raises(LinkError):
+        b2.validate_basic(None, VSET)
+    forged_prev = dataclasses.replace(b1, txs=b1.txs[:1])  # same header, another value
+    with pytest.raises(LinkError, match="value_id"):
+        b2.validate_basic(forged_prev, VSET)
+    b2.validate_basic(b1.header, VSET)  # a bare header checks linkage and signatures, not the value
+
+
+def test_strict_decoding_names_the_field(chain: Any) -> None:
+    from ledger_lite import cbor
+
+    block = chain[1][0]
+    item = cbor.loads(block.encode())
+    cases = [
+        (lambda it: it[0].__setitem__(1, 0), "header.height"),
+        (lambda it: it[0].__setitem__(5, b"short"), "header.tx_root"),
+        (lambda it: it[0].__setitem__(8, 7), "header.proposer"),
+        (lambda it: it.__setitem__(1, [b""]), "txs[0]"),
+        (lambda it: it[2][3].reverse(), "last_commit.signatures[1]"),
+        (lambda it: it[2].pop(), "last_commit"),
+        (lambda it: it.append(None), "block"),
+    ]
+    for mutate, field in cases:
+        it = cbor.loads(block.encode())
+        mutate(it)
+        with pytest.raises(BlockFormatError) as info:
+            Block.decode(cbor.dumps(it))
+        assert info.value.field == field, (field, info.value)
+    with pytest.raises(BlockFormatError, match="deterministic"):
+        Block.decode(block.encode() + b"\x00")
+    assert cbor.dumps(item) == block.encode()
+
+
+def test_header_plus_certificate_verification_time(chain: Any) -> None:
+    block, cert, _ = chain[2]
+    header, body = block.header.encode(), block.encode_body()
+    times = []
+    for _ in range(1000):
+        t = time.perf_counter()
+        b = Block.from_parts(header, body)
+        cert.check_block(b, VSET)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    p50, p99 = times[500] * 1e3, times[989] * 1e3
+    print(
+        f"\nheader+certificate verify ({len(cert.signatures)} Ed25519 + decode + value id): "
+        f"p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+    )
+    assert p99 < 50  # the goal is 5 ms on the OBU; this guards against regressions on slow CI
