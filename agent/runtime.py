@@ -207,6 +207,7 @@ class Agent:
         diag.command("status", lambda req: self.status())
         diag.command("state", lambda req: self.last_state())
         diag.command("access.read", self.access_read)
+        diag.command("net", lambda req: self.net_status())
         self.supervisor.add("diagnostics", diag.serve)
         for name, run in self.extra_services:
             self.supervisor.add(name, run)
@@ -315,6 +316,34 @@ class Agent:
         }
 
     # --- diagnostics ------------------------------------------------------------------------
+
+    async def net_status(self) -> dict[str, Any]:
+        """Diagnostics command ``net``: broker connection and counters, outbox depth."""
+        cfg = self.config.mqtt
+        out: dict[str, Any] = {
+            "mqtt": None,
+            "outbox": None,
+            "broker": f"{cfg.host}:{cfg.port}" if cfg.enabled else None,
+            "cell": cfg.cell or None,
+            "tls": cfg.tls if cfg.enabled else None,
+        }
+        if self.mqtt is not None:
+            out["mqtt"] = {**self.mqtt.stats(), "last_error": str(self.mqtt.last_error or "")}
+        if self.outbox is not None:
+            st = await self.outbox.stats()
+            out["outbox"] = {
+                "pending": st.pending,
+                "sent_unconfirmed": st.sent,
+                "retired": st.retired,
+                "bytes": st.bytes,
+                "budget": st.budget,
+                "oldest_age_s": None if st.oldest_age is None else round(st.oldest_age, 1),
+                "evicted": st.evicted,
+                "refused": st.refused,
+                "undelivered_by_cell": dict(st.undelivered_by_cell),
+                "quarantined": st.quarantined,
+            }
+        return out
 
     def status(self) -> dict[str, Any]:
         return {

@@ -20,6 +20,7 @@ _GROUPS = {
     "status": "tools.cli_status",
     "gnss": "tools.cli_gnss",
     "can": "tools.cli_can",
+    "net": "tools.cli_net",
     "keys": "tools.cli_keys",
     "attest": "tools.cli_attest",
 }

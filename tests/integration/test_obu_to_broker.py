@@ -14,8 +14,10 @@ import paho.mqtt.client as paho
 
 from agent.config import load_config
 from agent.demo import SimulatedObu, demo_base_config
+from agent.diagnostics import query
 from ledger_lite.attestation import Attestation, verify_attestation
 from tests.mqtt_broker import Broker
+from tools.acc import main as acc_main
 
 
 def _subscriber(broker: Broker, topic: str) -> tuple[paho.Client, queue.Queue[bytes]]:
@@ -60,9 +62,16 @@ async def test_attestations_reach_the_broker_and_survive_an_outage(tmp_path: Pat
         attestor = sim.agent.attestor
         assert attestor is not None
         await collect(2, 20)
+        sock = tmp_path / "obu" / "diag.sock"
+        up = await asyncio.to_thread(query, sock, "net")
+        assert up["mqtt"]["connected"] and up["cell"] == "cell-7" and up["outbox"]["refused"] == 0
+        assert up["outbox"]["sent_unconfirmed"] >= 2  # no receipts without a ledger: kept for resending
         mosquitto.stop()  # the cell's broker is away ...
         made_before = attestor.count
         await asyncio.sleep(3.5)
+        down = await asyncio.to_thread(query, sock, "net")
+        assert not down["mqtt"]["connected"]
+        assert await asyncio.to_thread(acc_main, ["net", "--socket", str(sock)]) == 1  # the technician sees it
         assert attestor.count >= made_before + 2  # ... the OBU goes on attesting
         made = attestor.count
         mosquitto.start()

@@ -1,0 +1,79 @@
+"""``acc net``: the running agent's cell network: broker connection, message counters and the
+outbox (what is waiting to be delivered)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent import exitcodes
+from agent.diagnostics import DiagError, default_socket_paths, query
+from tools.cli_status import find_socket
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "net",
+        help="broker connection, message counters, outbox depth",
+        description="Ask the running agent about its cell network. Exit status: 0 connected (or MQTT "
+        "disabled) with nothing refused, 1 disconnected or outbox trouble, 69 no agent reachable.",
+    )
+    p.add_argument("--socket", type=Path, help="diagnostics socket (default: as for acc status)")
+    p.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = find_socket(args.socket)
+    if path is None:
+        tried = ", ".join(str(p) for p in default_socket_paths())
+        sys.stderr.write(f"acc net: no agent socket found (tried {tried}); is acc-agent running?\n")
+        return exitcodes.UNAVAILABLE
+    try:
+        net = query(path, "net")
+    except DiagError as err:
+        sys.stderr.write(f"acc net: {err}\n")
+        return exitcodes.UNAVAILABLE
+    sys.stdout.write(json.dumps(net, indent=2, sort_keys=True) + "\n" if args.json else render(net))
+    mqtt, outbox = net.get("mqtt"), net.get("outbox")
+    bad = (mqtt is not None and not mqtt.get("connected")) or (
+        outbox is not None and (outbox.get("refused") or outbox.get("quarantined"))
+    )
+    return exitcodes.FAILURE if bad else exitcodes.OK
+
+
+def render(net: dict[str, Any]) -> str:
+    lines = []
+    mqtt = net.get("mqtt")
+    if mqtt is None:
+        lines.append("mqtt      disabled")
+    else:
+        state = "connected" if mqtt.get("connected") else "DISCONNECTED"
+        lines.append(
+            f"broker    {net.get('broker')} ({'TLS' if net.get('tls') else 'plain'}), cell {net.get('cell')}: {state}"
+        )
+        if mqtt.get("last_error"):
+            lines.append(f"last error {mqtt['last_error']}")
+        lines.append(
+            f"messages  {mqtt.get('published', 0)} published, {mqtt.get('received', 0)} received, "
+            f"{mqtt.get('dropped', 0)} dropped, queue {mqtt.get('queue_depth', 0)}, in flight {mqtt.get('inflight', 0)}"
+        )
+        lines.append(f"sessions  {mqtt.get('connects', 0)} connects, {mqtt.get('reconnects', 0)} reconnects")
+    ob = net.get("outbox")
+    if ob is None:
+        lines.append("outbox    none (no device identity)")
+    else:
+        age = ob.get("oldest_age_s")
+        lines.append(
+            f"outbox    {ob['pending']} pending, {ob['sent_unconfirmed']} sent awaiting receipt, "
+            f"{ob['retired']} retired; {ob['bytes'] / 2**20:.1f} of {ob['budget'] / 2**20:.0f} MiB"
+            + (f"; oldest {age:.0f} s" if age is not None else "")
+        )
+        if ob.get("evicted") or ob.get("refused"):
+            lines.append(f"          {ob['evicted']} evicted, {ob['refused']} refused (disk budget)")
+        if ob.get("quarantined"):
+            lines.append(f"          corrupt database moved aside: {ob['quarantined']}")
+    return "\n".join(lines) + "\n"
