@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import exitcodes
-from agent.diagnostics import DiagError, default_socket_paths, query
-from tools.cli_status import find_socket
+from tools.cli_status import ask_agent
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,16 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    path = find_socket(args.socket)
-    if path is None:
-        tried = ", ".join(str(p) for p in default_socket_paths())
-        sys.stderr.write(f"acc net: no agent socket found (tried {tried}); is acc-agent running?\n")
-        return exitcodes.UNAVAILABLE
-    try:
-        net = query(path, "net")
-    except DiagError as err:
-        sys.stderr.write(f"acc net: {err}\n")
-        return exitcodes.UNAVAILABLE
+    net, code = ask_agent(args.socket, "net", "acc net")
+    if code:
+        return code
     sys.stdout.write(json.dumps(net, indent=2, sort_keys=True) + "\n" if args.json else render(net))
     mqtt, outbox = net.get("mqtt"), net.get("outbox")
     bad = (mqtt is not None and not mqtt.get("connected")) or (

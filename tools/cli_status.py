@@ -35,17 +35,24 @@ def find_socket(explicit: Path | None) -> Path | None:
     return next((p for p in default_socket_paths() if p.exists()), None)
 
 
-def run(args: argparse.Namespace) -> int:
-    path = find_socket(args.socket)
+def ask_agent(explicit: Path | None, cmd: str, prog: str) -> tuple[Any, int]:
+    """(answer, 0) from the running agent, or (None, 69) after saying on stderr why not."""
+    path = find_socket(explicit)
     if path is None:
         tried = ", ".join(str(p) for p in default_socket_paths())
-        sys.stderr.write(f"acc status: no agent socket found (tried {tried}); is acc-agent running?\n")
-        return exitcodes.UNAVAILABLE
+        sys.stderr.write(f"{prog}: no agent socket found (tried {tried}); is acc-agent running?\n")
+        return None, exitcodes.UNAVAILABLE
     try:
-        status = query(path, "status")
+        return query(path, cmd), exitcodes.OK
     except DiagError as err:
-        sys.stderr.write(f"acc status: {err}\n")
-        return exitcodes.UNAVAILABLE
+        sys.stderr.write(f"{prog}: {err}\n")
+        return None, exitcodes.UNAVAILABLE
+
+
+def run(args: argparse.Namespace) -> int:
+    status, code = ask_agent(args.socket, "status", "acc status")
+    if code:
+        return code
     if args.json:
         sys.stdout.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
     else:
