@@ -41,13 +41,14 @@ from ledger_lite.validators import ValidatorSet
 
 __all__ = ["BlockStore", "BlockStoreError", "CorruptStoreError", "DuplicateTxError", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+#: 2: headers carry last_commit_hash and certificates certify the block id (no value_id column);
+#: a version-1 store is refused, not migrated (its blocks do not decode in the new format)
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY,
     block_id BLOB NOT NULL UNIQUE,
-    value_id BLOB NOT NULL UNIQUE,
     header BLOB NOT NULL,
     body BLOB NOT NULL
 );
@@ -117,13 +118,14 @@ class BlockStore:
         """Store the committed ``block`` with its own ``certificate`` (one durable transaction).
 
         Refuses (``LinkError``) a height other than latest + 1, a prev id that is not the latest
-        block's id, a last commit that is not for the latest block's value, or a certificate for
-        another height/round/value; with ``validators`` set, the block's ``validate_basic`` and the
+        block's id, a last commit that is not for the latest block's id, or a certificate for
+        another height/round/block id, and (``TxRootError``/``BlockInvalidError``) a body that does
+        not match its header; with ``validators`` set, the block's ``validate_basic`` and the
         certificate's signatures are checked too. Appending the latest block again is a no-op
         (idempotent after a crash between commit and acknowledgement)."""
         h = block.header
         latest = self.latest()
-        if latest is not None and h.height == latest.height and block.value_id() == latest.value_id():
+        if latest is not None and h.height == latest.height and block == latest:
             return
         expected = 1 if latest is None else latest.height + 1
         if h.height != expected:
@@ -131,10 +133,11 @@ class BlockStore:
         if latest is not None:
             if h.prev_block_id != latest.block_id():
                 raise LinkError("not the id of the latest stored block", field="header.prev_block_id")
-            if block.last_commit is None or block.last_commit.value_id != latest.value_id():
+            if block.last_commit is None or block.last_commit.block_id != latest.block_id():
                 raise LinkError("last commit is not for the latest stored block", field="last_commit")
-        if (certificate.height, certificate.round, certificate.value_id) != (h.height, h.round, block.value_id()):
+        if (certificate.height, certificate.round, certificate.block_id) != (h.height, h.round, block.block_id()):
             raise LinkError("the certificate is not for this block", field="certificate")
+        block.check_body()  # the block id (what the certificate certifies) binds the body only through it
         if self.validators is not None:
             block.validate_basic(latest, self.validators)
             certificate.check_block(block, self.validators)
@@ -142,8 +145,8 @@ class BlockStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute(
-                "INSERT INTO blocks(height, block_id, value_id, header, body) VALUES (?, ?, ?, ?, ?)",
-                (h.height, block.block_id(), block.value_id(), h.encode(), block.encode_body()),
+                "INSERT INTO blocks(height, block_id, header, body) VALUES (?, ?, ?, ?)",
+                (h.height, block.block_id(), h.encode(), block.encode_body()),
             )
             db.execute(
                 "INSERT INTO commits(height, round, certificate) VALUES (?, ?, ?)",
@@ -219,10 +222,10 @@ class BlockStore:
         prev: Block | None = None
         count = 0
         rows = self._db.execute(
-            "SELECT b.height, b.block_id, b.value_id, b.header, b.body, c.round, c.certificate "
+            "SELECT b.height, b.block_id, b.header, b.body, c.round, c.certificate "
             "FROM blocks b LEFT JOIN commits c ON c.height = b.height ORDER BY b.height"
         )
-        for height, bid, vid, header, body, rnd, cert_bytes in rows:
+        for height, bid, header, body, rnd, cert_bytes in rows:
             block = self._decode(height, header, body)
             try:
                 if (
@@ -231,8 +234,8 @@ class BlockStore:
                     or (prev is not None and height != prev.height + 1)
                 ):
                     raise LinkError(f"row {height} holds block {block.height}", field="header.height")
-                if bid != block.block_id() or vid != block.value_id():
-                    raise LinkError("stored ids are not the block's", field="block_id")
+                if bid != block.block_id():
+                    raise LinkError("stored id is not the block's", field="block_id")
                 block.validate_basic(prev, validators)
                 if cert_bytes is None:
                     raise LinkError("no commit certificate stored", field="certificate")

@@ -5,26 +5,35 @@ accepts exactly what ``encode`` produces (``encode(decode(b)) == b``) and raises
 ``BlockFormatError`` naming the field otherwise.
 
     Header  = [chain_id: tstr, height: uint >= 1, round: uint, time_ms: uint,
-               prev_block_id: bstr .size 32 (32 zero bytes at height 1), tx_root: bstr .size 32,
+               prev_block_id: bstr .size 32 (32 zero bytes at height 1),
+               last_commit_hash: bstr .size 32, tx_root: bstr .size 32,
                app_hash: bstr .size (0..64), validators_hash: bstr .size 32, proposer: tstr (DID)]
     Block   = [Header, [* tx: bstr], last_commit: Certificate / null]
-    Certificate = [height: uint, round: uint, value_id: bstr .size 32, [* [index: uint, signature: bstr]]]
+    Certificate = [height: uint, round: uint, block_id: bstr .size 32, [* [index: uint, signature: bstr]]]
 
-Two ids, and how they relate (the consensus core treats values as opaque bytes):
+One id: ``Header.block_id()`` = SHA-256(header encoding). The header commits to the whole body --
+the txs through ``tx_root`` (RFC 6962 Merkle root over the tx bytes as leaves) and the previous
+block's certificate through ``last_commit_hash`` (SHA-256 of ``last_commit.encode()``, of empty
+bytes at height 1) -- so the block id names the whole block. It is
 
-* ``Header.block_id()`` = SHA-256(header encoding). It names a block in the chain: the next
-  header's ``prev_block_id`` is it. The header commits to the transactions through ``tx_root``
-  (RFC 6962 Merkle root over the tx bytes as leaves).
-* ``Block.value_id()`` = ``consensus.value_id(block.encode())`` = SHA-256(block encoding). The
-  block's encoding IS the consensus value, so this is what precommits sign and what a
-  ``CommitCertificate`` carries (its ``value_id``). Since the block encoding contains the header
-  encoding, a value id determines the block id (and the txs and last commit), not vice versa:
-  checking a certificate against a header needs the block's bytes (``CommitCertificate.check_block``),
-  or, at a light client, the body bytes beside the header (see ``Block.from_parts``).
+* what the next header's ``prev_block_id`` names, and
+* the consensus value id: the node runs consensus with ``Params(value_id=block_value_id)``, so
+  precommits sign the block id and a ``CommitCertificate`` carries it (``block_id``).
+
+A light client therefore checks a header against a certificate alone
+(``CommitCertificate.check_header``); the body is checked against its header by
+``Block.check_body`` (part of ``validate_basic`` and ``CommitCertificate.check_block``).
+
+``block_value_id(value)`` maps a consensus value (a block encoding) to its header's block id only
+if the value decodes and its body matches its header; anything else (malformed bytes, or a header
+whose ``tx_root``/``last_commit_hash`` do not match the body) maps to SHA-256 of the value bytes.
+That id is never a valid block's id (it would need a SHA-256 collision between a header encoding
+and a different byte string), so such a value can never be decided as, or confused with, a valid
+block, and consensus never raises on it; the app's ``is_valid`` refuses it anyway.
 
 A certificate is index based: signer ``i`` is ``validators.validators[i]`` (the set is sorted by
 DID), signatures are the consensus precommit signatures over ``Vote(PRECOMMIT, height, round,
-value_id, did).sign_bytes(chain_id)`` -- exactly what ``consensus.step`` produced in
+block_id, did).sign_bytes(chain_id)`` -- exactly what ``consensus.step`` produced in
 ``Commit.certificate`` (``CommitCertificate.from_consensus`` converts). Indices are strictly
 increasing (so a signer cannot appear twice in an encoding). With four Ed25519 validators a
 certificate is 4 * 68 + 40 = 312 bytes.
@@ -40,7 +49,7 @@ from typing import Any, Final
 
 from . import cbor, merkle
 from .attestation import attestation_id
-from .consensus import PRECOMMIT, Commit, Vote, value_id, verify_with_did_key
+from .consensus import PRECOMMIT, Commit, Vote, verify_with_did_key
 from .errors import (
     BlockFormatError,
     BlockInvalidError,
@@ -50,6 +59,7 @@ from .errors import (
     CommitSignatureError,
     DuplicateSignerError,
     LinkError,
+    MalformedError,
     QuorumError,
     TxRootError,
     UnknownSignerError,
@@ -64,6 +74,8 @@ __all__ = [
     "Block",
     "CommitCertificate",
     "Header",
+    "block_value_id",
+    "last_commit_hash",
     "tx_receipt",
 ]
 
@@ -83,6 +95,7 @@ _HEADER_FIELDS: Final = (
     "round",
     "time_ms",
     "prev_block_id",
+    "last_commit_hash",
     "tx_root",
     "app_hash",
     "validators_hash",
@@ -140,6 +153,7 @@ class Header:
     round: int
     time_ms: int
     prev_block_id: bytes
+    last_commit_hash: bytes
     tx_root: bytes
     app_hash: bytes
     validators_hash: bytes
@@ -159,7 +173,8 @@ class Header:
         return cbor.dumps(self.to_list())
 
     def block_id(self) -> bytes:
-        """SHA-256 of the header encoding: the id the next header's ``prev_block_id`` names."""
+        """SHA-256 of the header encoding: the id the next header's ``prev_block_id`` names and the
+        consensus value id (what precommits and certificates are about)."""
         return self._block_id
 
     @cached_property
@@ -181,10 +196,11 @@ def _check_header_fields(v: list[Any]) -> list[Any]:
     _uint(v[2], "header.round")
     _uint(v[3], "header.time_ms")
     _bstr(v[4], "header.prev_block_id", size=HASH_SIZE)
-    _bstr(v[5], "header.tx_root", size=HASH_SIZE)
-    _bstr(v[6], "header.app_hash", max_size=MAX_APP_HASH)
-    _bstr(v[7], "header.validators_hash", size=HASH_SIZE)
-    _tstr(v[8], "header.proposer", max_size=MAX_DID)
+    _bstr(v[5], "header.last_commit_hash", size=HASH_SIZE)
+    _bstr(v[6], "header.tx_root", size=HASH_SIZE)
+    _bstr(v[7], "header.app_hash", max_size=MAX_APP_HASH)
+    _bstr(v[8], "header.validators_hash", size=HASH_SIZE)
+    _tstr(v[9], "header.proposer", max_size=MAX_DID)
     return v
 
 
@@ -193,17 +209,17 @@ def _check_header_fields(v: list[Any]) -> list[Any]:
 
 @dataclass(frozen=True)
 class CommitCertificate:
-    """> 2/3 of the voting power's precommit signatures for ``value_id`` at (height, round)."""
+    """> 2/3 of the voting power's precommit signatures for ``block_id`` at (height, round)."""
 
     height: int
     round: int
-    value_id: bytes
+    block_id: bytes
     signatures: tuple[tuple[int, bytes], ...]  # (validator index, signature), indices increasing
 
     def __post_init__(self) -> None:
         _uint(self.height, "last_commit.height", lo=1)
         _uint(self.round, "last_commit.round")
-        _bstr(self.value_id, "last_commit.value_id", size=HASH_SIZE)
+        _bstr(self.block_id, "last_commit.block_id", size=HASH_SIZE)
         if not isinstance(self.signatures, tuple):
             object.__setattr__(self, "signatures", tuple(tuple(s) for s in self.signatures))
         for i, pair in enumerate(self.signatures):
@@ -216,7 +232,7 @@ class CommitCertificate:
 
     @classmethod
     def from_votes(cls, votes: Iterable[Vote], validators: ValidatorSet) -> CommitCertificate:
-        """From precommit votes for one (height, round, value id); signers must be validators."""
+        """From precommit votes for one (height, round, block id); signers must be validators."""
         votes = tuple(votes)
         if not votes:
             raise QuorumError("no precommits")
@@ -238,16 +254,17 @@ class CommitCertificate:
 
     @classmethod
     def from_consensus(cls, commit: Commit, validators: ValidatorSet) -> CommitCertificate:
-        """The certificate of a consensus ``Commit`` action (its value is the block encoding)."""
+        """The certificate of a consensus ``Commit`` action of a node run with
+        ``Params(value_id=block_value_id)`` (its value is the block encoding)."""
         cert = cls.from_votes(commit.certificate, validators)
-        if (cert.height, cert.round, cert.value_id) != (commit.height, commit.round, value_id(commit.value)):
+        if (cert.height, cert.round, cert.block_id) != (commit.height, commit.round, block_value_id(commit.value)):
             raise CommitMismatchError("the commit's precommits are not for its own height, round and value")
         return cert
 
     # -- encoding ---------------------------------------------------------------------------------
 
     def to_list(self) -> list[Any]:
-        return [self.height, self.round, self.value_id, [list(s) for s in self.signatures]]
+        return [self.height, self.round, self.block_id, [list(s) for s in self.signatures]]
 
     def encode(self) -> bytes:
         return cbor.dumps(self.to_list())
@@ -271,7 +288,7 @@ class CommitCertificate:
     # -- verification -------------------------------------------------------------------------------
 
     def verify(self, validators: ValidatorSet, chain_id: str) -> None:
-        """Raise unless > 2/3 of ``validators``' power signed precommits for ``value_id`` at
+        """Raise unless > 2/3 of ``validators``' power signed precommits for ``block_id`` at
         (height, round) on ``chain_id``. Every listed signature must verify; a validator listed twice
         or an index outside the set is refused (never counted)."""
         if chain_id != validators.chain_id:
@@ -286,7 +303,7 @@ class CommitCertificate:
             if i >= len(vals):
                 raise UnknownSignerError(f"signer index {i} outside a set of {len(vals)}")
             did = vals[i].did
-            data = Vote(PRECOMMIT, self.height, self.round, self.value_id, did).sign_bytes(chain_id)
+            data = Vote(PRECOMMIT, self.height, self.round, self.block_id, did).sign_bytes(chain_id)
             try:
                 verify_with_did_key(did, sig, data)
             except VerificationError as err:
@@ -295,16 +312,23 @@ class CommitCertificate:
         if power < validators.quorum:
             raise QuorumError(f"signers hold {power} of {validators.total_power} power; need {validators.quorum}")
 
-    def check_block(self, block: Block, validators: ValidatorSet) -> None:
-        """This certificate commits exactly ``block`` (height, round, value id) and verifies."""
-        h = block.header
-        if self.height != h.height or self.round != h.round:
+    def check_header(self, header: Header, validators: ValidatorSet) -> None:
+        """This certificate commits exactly ``header`` (height, round, block id) and verifies: what a
+        light client needs, no body. (The header's own rules against its predecessor and the
+        validator set are ``validate_basic``'s.)"""
+        if self.height != header.height or self.round != header.round:
             raise CommitMismatchError(
-                f"certificate for height {self.height} round {self.round}, block is {h.height}/{h.round}"
+                f"certificate for height {self.height} round {self.round}, header is {header.height}/{header.round}"
             )
-        if self.value_id != block.value_id():
-            raise CommitMismatchError(f"certificate is for value {self.value_id.hex()}, not this block")
-        self.verify(validators, h.chain_id)
+        if self.block_id != header.block_id():
+            raise CommitMismatchError(f"certificate is for block {self.block_id.hex()}, not this header")
+        self.verify(validators, header.chain_id)
+
+    def check_block(self, block: Block, validators: ValidatorSet) -> None:
+        """``check_header`` for the block's header, and the body matches the header
+        (``Block.check_body``): the certificate commits exactly ``block``."""
+        self.check_header(block.header, validators)
+        block.check_body()
 
 
 # --------------------------------------------------------------------------- block
@@ -340,13 +364,15 @@ class Block:
         app_hash: bytes = b"",
         proposer: str | None = None,
     ) -> Block:
-        """A proposer's block: tx_root and validators hash computed, prev id from ``prev``."""
+        """A proposer's block: tx_root, last_commit_hash and validators hash computed, prev id from
+        ``prev``."""
         header = Header(
             validators.chain_id,
             height,
             round,
             time_ms,
             GENESIS_PREV_ID if prev is None else prev.header.block_id(),
+            last_commit_hash(last_commit),
             merkle.root(list(txs)),
             app_hash,
             validators.hash(),
@@ -357,7 +383,7 @@ class Block:
     # -- encoding ---------------------------------------------------------------------------------
 
     def encode(self) -> bytes:
-        """The consensus value."""
+        """The consensus value (its consensus id is ``block_value_id`` of it: the block id)."""
         return self._encoded
 
     @cached_property
@@ -369,15 +395,8 @@ class Block:
         """``[txs, last_commit]``: the block without its header (the block store keeps them apart)."""
         return cbor.dumps([list(self.txs), None if self.last_commit is None else self.last_commit.to_list()])
 
-    def value_id(self) -> bytes:
-        """SHA-256 of ``encode()``: the id consensus votes and certificates are about."""
-        return self._value_id
-
-    @cached_property
-    def _value_id(self) -> bytes:
-        return value_id(self._encoded)
-
     def block_id(self) -> bytes:
+        """The header's id: also the consensus value id (see the module doc)."""
         return self.header.block_id()
 
     @property
@@ -402,14 +421,31 @@ class Block:
 
     # -- validation -------------------------------------------------------------------------------
 
+    def check_body(self) -> None:
+        """The body is the one the header commits to: ``tx_root`` is the Merkle root of the txs and
+        ``last_commit_hash`` the hash of the last commit; raises ``TxRootError`` /
+        ``BlockInvalidError``."""
+        if not self.body_matches_header():
+            if merkle.root(self.txs) != self.header.tx_root:
+                raise TxRootError("not the Merkle root of the transactions", field="header.tx_root")
+            raise BlockInvalidError("not the hash of the last commit", field="header.last_commit_hash")
+
+    def body_matches_header(self) -> bool:
+        return self._body_matches
+
+    @cached_property
+    def _body_matches(self) -> bool:
+        h = self.header
+        return merkle.root(self.txs) == h.tx_root and last_commit_hash(self.last_commit) == h.last_commit_hash
+
     def validate_basic(self, prev: Header | Block | None, validators: ValidatorSet) -> None:
         """Structural rules against the predecessor and the (fixed) validator set; raises.
 
-        chain id and validators hash of ``validators``; proposer is a validator; tx_root is the
-        Merkle root of the txs; no tx twice; height 1 has the genesis prev id and no last commit;
-        later heights follow ``prev`` (height + 1, prev_block_id, time strictly later) and carry a
-        last commit for height - 1 that verifies with ``validators`` -- for exactly ``prev``'s
-        value id when ``prev`` is a ``Block`` (a bare ``Header`` cannot tell: see the module doc).
+        chain id and validators hash of ``validators``; proposer is a validator; the body matches
+        the header (``check_body``: tx_root, last_commit_hash); no tx twice; height 1 has the
+        genesis prev id and no last commit; later heights follow ``prev`` (height + 1,
+        prev_block_id, time strictly later) and carry a last commit for exactly ``prev``'s block
+        id at height - 1 that verifies with ``validators`` (a bare ``Header`` suffices as ``prev``).
         """
         h = self.header
         if h.chain_id != validators.chain_id:
@@ -418,8 +454,7 @@ class Block:
             raise BlockInvalidError("not the hash of the validator set", field="header.validators_hash")
         if h.proposer not in validators:
             raise BlockInvalidError(f"{h.proposer} is not a validator", field="header.proposer")
-        if merkle.root(self.txs) != h.tx_root:
-            raise TxRootError("not the Merkle root of the transactions", field="header.tx_root")
+        self.check_body()
         if len(set(self.txs)) != len(self.txs):
             raise BlockInvalidError("a transaction appears twice", field="txs")
         if h.height == 1:
@@ -446,9 +481,30 @@ class Block:
             raise LinkError(
                 f"commit for {lc.height}/{lc.round}, previous is {ph.height}/{ph.round}", field="last_commit"
             )
-        if isinstance(prev, Block) and lc.value_id != prev.value_id():
-            raise LinkError("commit is for another value than the previous block", field="last_commit.value_id")
+        if lc.block_id != ph.block_id():
+            raise LinkError("commit is for another block than the previous one", field="last_commit.block_id")
         lc.verify(validators, h.chain_id)
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def last_commit_hash(last_commit: CommitCertificate | None) -> bytes:
+    """SHA-256 of the certificate's encoding; of empty bytes for none (height 1)."""
+    return hashlib.sha256(b"" if last_commit is None else last_commit.encode()).digest()
+
+
+def block_value_id(value: bytes) -> bytes:
+    """The consensus value id of a block encoding, for ``consensus.Params(value_id=...)``: its
+    header's block id if ``value`` decodes and its body matches its header, else SHA-256 of
+    ``value`` (never a valid block's id; never raises -- see the module doc)."""
+    try:
+        block = Block.decode(value)
+    except MalformedError:  # BlockFormatError, and CborError should one escape
+        return hashlib.sha256(value).digest()
+    if not block.body_matches_header():
+        return hashlib.sha256(value).digest()
+    return block.header.block_id()
 
 
 # --------------------------------------------------------------------------- receipts

@@ -32,6 +32,14 @@ Own messages are signed through ``Params.signer`` and remembered in ``state.sign
 taken (e.g. after a restart, see ``restore``) it re-sends what it signed before. ``restore``
 rebuilds a node from its persisted own messages (the WAL): same height, round = highest round it
 signed in, lock = its highest non-nil precommit.
+
+Value ids: votes, locks, tallies and ``Commit.certificate`` are about ``Params.value_id(value)``
+(default ``value_id`` = SHA-256 of the value bytes). An app whose values carry their own id (a
+block: its header's id) plugs that in, so a certificate certifies the id a light client can check
+without the value. The function must be deterministic and collision resistant on the values that
+``is_valid`` accepts, and must not raise (map a malformed value to an id no valid value has).
+A ``Proposal`` is still signed over SHA-256 of its full value (``Proposal.value_id``), which binds
+the exact bytes whatever ``Params.value_id`` is.
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ MAX_VOTES_PER_SLOT = 4
 
 
 def value_id(value: bytes) -> bytes:
+    """The default consensus value id (``Params.value_id``): SHA-256 of the value bytes."""
     return hashlib.sha256(value).digest()
 
 
@@ -113,6 +122,8 @@ class Proposal:
 
     @cached_property
     def value_id(self) -> bytes:
+        """SHA-256 of the value: what the proposal signature covers. This is the consensus value id
+        only with the default ``Params.value_id``; the state machine always uses ``Params.value_id``."""
         return value_id(self.value)
 
     @property
@@ -215,7 +226,7 @@ class Commit:
     height: int
     round: int
     value: bytes
-    certificate: tuple[Vote, ...]  # precommits for id(value) at ``round``, > 2/3 of the power
+    certificate: tuple[Vote, ...]  # precommits for Params.value_id(value) at ``round``, > 2/3 of the power
 
 
 @dataclass(frozen=True)
@@ -279,6 +290,8 @@ class Params:
     max_future: int = 1024
     #: messages more than this many rounds ahead of ours are dropped (bounds memory)
     max_round_ahead: int = 64
+    #: the id votes are about (deterministic, never raises; see the module doc)
+    value_id: Callable[[bytes], bytes] = value_id
 
     @property
     def me(self) -> str:
@@ -357,7 +370,7 @@ def restore(params: Params, *, height: int, persisted: Iterable[Message]) -> Nod
             continue
         if isinstance(msg, Proposal) and msg.signer != params.me:
             if msg.height == height:
-                locked_proposals[msg.value_id] = msg
+                locked_proposals[params.value_id(msg.value)] = msg
                 replay.append(msg)
             continue
         if msg.signer != params.me:
@@ -373,7 +386,7 @@ def restore(params: Params, *, height: int, persisted: Iterable[Message]) -> Nod
     locked = locked_proposals.get(st.locked_id) if st.locked_id is not None else None
     if locked is None:
         own = st.signed.get((height, st.locked_round, PROPOSE))
-        locked = own if isinstance(own, Proposal) and own.value_id == st.locked_id else None
+        locked = own if isinstance(own, Proposal) and params.value_id(own.value) == st.locked_id else None
     if locked is not None:  # a lock implies validValue = lockedValue, validRound >= lockedRound (line 36)
         st.valid_value, st.valid_round = locked.value, st.locked_round
     st.future = tuple(replay[-params.max_future :])
@@ -449,7 +462,8 @@ def _receive(st: NodeState, msg: Message, out: list[Action], *, verified: bool) 
 
 def _add_proposal(st: NodeState, prop: Proposal, out: list[Action]) -> None:
     props = st.proposals.setdefault(prop.round, {})
-    if prop.value_id in props:
+    vid = st.params.value_id(prop.value)
+    if vid in props:
         return
     if props:
         first = next(iter(props.values()))
@@ -458,7 +472,7 @@ def _add_proposal(st: NodeState, prop: Proposal, out: list[Action]) -> None:
         out.append(ev)
         if len(props) >= MAX_PROPOSALS_PER_ROUND:
             return
-    props[prop.value_id] = prop
+    props[vid] = prop
     st.senders.setdefault(prop.round, set()).add(prop.proposer)
 
 
@@ -563,10 +577,10 @@ def _reset_for_height(st: NodeState) -> None:
     st.valid_value, st.valid_round = None, -1
 
 
-def _decide(st: NodeState, r: int, prop: Proposal, out: list[Action]) -> None:
+def _decide(st: NodeState, r: int, vid: bytes, prop: Proposal, out: list[Action]) -> None:
     cert = tuple(
         sorted(
-            (v for vs in st.votes[(r, PRECOMMIT)].values() for v in vs if v.value_id == prop.value_id),
+            (v for vs in st.votes[(r, PRECOMMIT)].values() for v in vs if v.value_id == vid),
             key=lambda v: v.voter,
         )
     )
@@ -605,8 +619,8 @@ def _has_quorum(st: NodeState, power: int) -> bool:
     return power >= st.params.vset.quorum
 
 
-def _lock_on(st: NodeState, prop: Proposal) -> None:
-    st.locked_id, st.locked_round = prop.value_id, st.round
+def _lock_on(st: NodeState, vid: bytes) -> None:
+    st.locked_id, st.locked_round = vid, st.round
 
 
 def _run_rules(st: NodeState, out: list[Action]) -> None:
@@ -622,7 +636,7 @@ def _apply_one_rule(st: NodeState, out: list[Action]) -> bool:
     for pr, props in st.proposals.items():
         for vid, prop in props.items():
             if _has_quorum(st, st.tally.get((pr, PRECOMMIT, vid), 0)) and p.is_valid(prop.value):
-                _decide(st, pr, prop, out)
+                _decide(st, pr, vid, prop, out)
                 return True
     # line 55: f+1 power already in a higher round
     higher = [rr for rr, who in st.senders.items() if rr > r and sum(map(p.vset.power_of, who)) >= p.vset.one_third]
@@ -654,7 +668,7 @@ def _apply_one_rule(st: NodeState, out: list[Action]) -> bool:
             if _has_quorum(st, st.tally.get((r, PREVOTE, vid), 0)) and p.is_valid(prop.value):
                 st.fired.add(("polka", r))
                 if st.step == Step.PREVOTE:
-                    _lock_on(st, prop)
+                    _lock_on(st, vid)
                     out.append(PersistVote(prop))  # the locked value survives a crash (see restore)
                     _vote(st, PRECOMMIT, vid, out)
                     st.step = Step.PRECOMMIT

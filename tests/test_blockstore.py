@@ -80,7 +80,7 @@ def test_duplicate_tx_is_refused_atomically(tmp_path: Path, chain: list[Any]) ->
             txs=[chain[1][0].txs[0], b1.txs[0]],
             last_commit=chain[1][0].last_commit,
         )
-        cert = dataclasses.replace(c1, height=2, value_id=b2.value_id())
+        cert = dataclasses.replace(c1, height=2, block_id=b2.block_id())
         with pytest.raises(DuplicateTxError, match=r"\(1, 0\)"):
             store.append(b2, cert)
         assert store.height() == 1 and store.tx_location(attestation_id(chain[1][0].txs[0])) is None

@@ -4,6 +4,7 @@ committed value is a Block with attestation txs, and its Commit becomes a Commit
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections import deque
 from typing import Any
@@ -12,7 +13,15 @@ import pytest
 
 from ledger_lite import consensus as C
 from ledger_lite.attestation import AttestationBuilder, TimeSource, attestation_id
-from ledger_lite.block import GENESIS_PREV_ID, Block, CommitCertificate, Header, tx_receipt
+from ledger_lite.block import (
+    GENESIS_PREV_ID,
+    Block,
+    CommitCertificate,
+    Header,
+    block_value_id,
+    last_commit_hash,
+    tx_receipt,
+)
 from ledger_lite.didkey import did_key
 from ledger_lite.errors import (
     BlockFormatError,
@@ -57,7 +66,7 @@ def attestations(n: int, seed: int = 3) -> list[bytes]:
 def run_cell(heights: int, txs_per_block: int = 3) -> list[tuple[Block, CommitCertificate, C.Commit]]:
     """Four nodes, a lossless in-order network, no timeouts needed: returns each height's block,
     certificate (from node 0's Commit action) and the Commit itself."""
-    nodes = {d: C.initial_state(C.Params(VSET, KeySigner(BY_DID[d]))) for d in DIDS}
+    nodes = {d: C.initial_state(C.Params(VSET, KeySigner(BY_DID[d]), value_id=block_value_id)) for d in DIDS}
     pool = attestations(heights * txs_per_block)
     chain: list[tuple[Block, CommitCertificate, C.Commit]] = []
     queue: deque[tuple[str, C.Input]] = deque((d, C.Start()) for d in DIDS)
@@ -97,7 +106,8 @@ def chain() -> list[tuple[Block, CommitCertificate, C.Commit]]:
 def test_consensus_chain_validates_and_certificates_verify(chain: Any) -> None:
     prev: Block | None = None
     for block, cert, commit in chain:
-        assert block.encode() == commit.value and cert.value_id == C.value_id(commit.value) == block.value_id()
+        assert block.encode() == commit.value and cert.block_id == block_value_id(commit.value) == block.block_id()
+        assert all(v.value_id == block.block_id() for v in commit.certificate)
         block.validate_basic(prev, VSET)
         cert.check_block(block, VSET)
         assert Block.decode(block.encode()) == block
@@ -106,9 +116,11 @@ def test_consensus_chain_validates_and_certificates_verify(chain: Any) -> None:
         assert CommitCertificate.decode(cert.encode()) == cert
         if prev is not None:
             assert block.header.prev_block_id == prev.block_id() and block.last_commit is not None
-            assert block.last_commit.value_id == prev.value_id()
+            assert block.last_commit.block_id == prev.block_id()
+        assert block.header.last_commit_hash == last_commit_hash(block.last_commit)
         prev = block
     assert chain[0][0].header.prev_block_id == GENESIS_PREV_ID
+    assert chain[0][0].header.last_commit_hash == hashlib.sha256(b"").digest()
 
 
 def test_certificate_size_at_n4(chain: Any) -> None:
@@ -158,7 +170,7 @@ def test_tampered_tx_is_refused(chain: Any) -> None:
     forged = dataclasses.replace(b2, txs=(b2.txs[0][:-1] + b"\x00", *b2.txs[1:]))
     with pytest.raises(TxRootError):
         forged.validate_basic(b1, VSET)
-    with pytest.raises(CommitMismatchError):
+    with pytest.raises(TxRootError):  # the header (and so the certificate) is still fine; the body is not
         c2.check_block(forged, VSET)
     dup = Block.build(
         validators=VSET,
@@ -210,21 +222,41 @@ def test_certificate_tampering(chain: Any) -> None:
         CommitCertificate.from_consensus(dataclasses.replace(commit, value=b"other"), VSET)
 
 
+def _rebuild(block: Block, prev: Block, last_commit: CommitCertificate | None) -> Block:
+    """``block`` with another last commit and a header that commits to it (a consistent body)."""
+    h = block.header
+    return Block.build(
+        validators=VSET,
+        height=h.height,
+        round=h.round,
+        time_ms=h.time_ms,
+        prev=prev,
+        txs=block.txs,
+        last_commit=last_commit,
+        app_hash=h.app_hash,
+        proposer=h.proposer,
+    )
+
+
 def test_missing_or_wrong_last_commit(chain: Any) -> None:
     (b1, _, _), (b2, _, _), (b3, _, _) = chain[0], chain[1], chain[2]
     with pytest.raises(LinkError, match="last_commit"):
-        dataclasses.replace(b2, last_commit=None).validate_basic(b1, VSET)
-    assert b3.last_commit is not None
+        _rebuild(b2, b1, None).validate_basic(b1, VSET)
+    assert b3.last_commit is not None and b2.last_commit is not None
     with pytest.raises(LinkError, match="commit for 2/0"):
-        dataclasses.replace(b2, last_commit=b3.last_commit).validate_basic(b1, VSET)
+        _rebuild(b2, b1, b3.last_commit).validate_basic(b1, VSET)
     with pytest.raises(LinkError, match="height"):
         b3.validate_basic(b1, VSET)
     with pytest.raises(LinkError):
         b2.validate_basic(None, VSET)
-    forged_prev = dataclasses.replace(b1, txs=b1.txs[:1])  # same header, another value
-    with pytest.raises(LinkError, match="value_id"):
-        b2.validate_basic(forged_prev, VSET)
-    b2.validate_basic(b1.header, VSET)  # a bare header checks linkage and signatures, not the value
+    wrong = dataclasses.replace(b2.last_commit, block_id=bytes([3]) * 32)
+    with pytest.raises(LinkError, match="block_id"):
+        _rebuild(b2, b1, wrong).validate_basic(b1, VSET)
+    with pytest.raises(CommitSignatureError):  # right id, a signature that does not verify
+        sigs = b2.last_commit.signatures
+        bad = dataclasses.replace(b2.last_commit, signatures=(*sigs[:-1], (sigs[-1][0], bytes(64))))
+        _rebuild(b2, b1, bad).validate_basic(b1, VSET)
+    b2.validate_basic(b1.header, VSET)  # a bare header as predecessor suffices now
 
 
 def test_strict_decoding_names_the_field(chain: Any) -> None:
@@ -234,8 +266,9 @@ def test_strict_decoding_names_the_field(chain: Any) -> None:
     item = cbor.loads(block.encode())
     cases = [
         (lambda it: it[0].__setitem__(1, 0), "header.height"),
-        (lambda it: it[0].__setitem__(5, b"short"), "header.tx_root"),
-        (lambda it: it[0].__setitem__(8, 7), "header.proposer"),
+        (lambda it: it[0].__setitem__(5, b"short"), "header.last_commit_hash"),
+        (lambda it: it[0].__setitem__(6, b"short"), "header.tx_root"),
+        (lambda it: it[0].__setitem__(9, 7), "header.proposer"),
         (lambda it: it.__setitem__(1, [b""]), "txs[0]"),
         (lambda it: it[2][3].reverse(), "last_commit.signatures[1]"),
         (lambda it: it[2].pop(), "last_commit"),
@@ -252,19 +285,67 @@ def test_strict_decoding_names_the_field(chain: Any) -> None:
     assert cbor.dumps(item) == block.encode()
 
 
+def test_light_client_verifies_header_and_certificate_without_body(chain: Any) -> None:
+    """An OBU holds only header bytes and certificate bytes: they verify; a forged header does not."""
+    for block, cert, _ in chain:
+        header, cert_bytes = Header.decode(block.header.encode()), CommitCertificate.decode(cert.encode())
+        cert_bytes.check_header(header, VSET)
+    block, cert, _ = chain[1]
+    with pytest.raises(CommitMismatchError):
+        cert.check_header(dataclasses.replace(block.header, app_hash=b"\x02" * 32), VSET)
+    with pytest.raises(CommitMismatchError):
+        cert.check_header(chain[2][0].header, VSET)
+
+
+def test_body_is_bound_to_its_header(chain: Any) -> None:
+    """Changing any tx or the last commit of a body no longer matches the header: refused, and its
+    consensus value id is not the header's block id."""
+    (b1, _, _), (b2, _, _), (b3, _, _) = chain[0], chain[1], chain[2]
+    assert b3.last_commit is not None and b2.last_commit is not None
+    for i in range(len(b3.txs)):
+        txs = list(b3.txs)
+        txs[i] = txs[i][:-1] + bytes([txs[i][-1] ^ 1])
+        forged = dataclasses.replace(b3, txs=tuple(txs))
+        with pytest.raises(TxRootError):
+            forged.validate_basic(b2, VSET)
+        assert block_value_id(forged.encode()) != b3.block_id()
+    for forged in (
+        dataclasses.replace(b3, txs=b3.txs[:-1]),
+        dataclasses.replace(b3, txs=(*b3.txs, b1.txs[0])),
+    ):
+        with pytest.raises(TxRootError):
+            forged.validate_basic(b2, VSET)
+    sigs = b3.last_commit.signatures
+    for last in (
+        dataclasses.replace(b3.last_commit, signatures=sigs[:-1]),  # one signer fewer
+        dataclasses.replace(b3.last_commit, signatures=(*sigs[:-1], (sigs[-1][0], bytes(64)))),
+        dataclasses.replace(b3.last_commit, round=b3.last_commit.round + 1),
+    ):
+        forged = dataclasses.replace(b3, last_commit=last)
+        with pytest.raises(BlockInvalidError, match="last_commit_hash"):
+            forged.validate_basic(b2, VSET)
+        assert block_value_id(forged.encode()) == hashlib.sha256(forged.encode()).digest() != b3.block_id()
+    with pytest.raises(BlockInvalidError, match="last_commit_hash"):
+        dataclasses.replace(b1, last_commit=b2.last_commit).check_body()
+    # malformed consensus values never raise and never look like a block
+    for junk in (b"", b"\x00", b3.encode()[:-1], b"other"):
+        assert block_value_id(junk) == hashlib.sha256(junk).digest()
+    assert block_value_id(b3.encode()) == b3.block_id()
+
+
 def test_header_plus_certificate_verification_time(chain: Any) -> None:
+    """Light-client path: header bytes + certificate bytes only (no body)."""
     block, cert, _ = chain[2]
-    header, body = block.header.encode(), block.encode_body()
+    header, cert_bytes = block.header.encode(), cert.encode()
     times = []
     for _ in range(1000):
         t = time.perf_counter()
-        b = Block.from_parts(header, body)
-        cert.check_block(b, VSET)
+        CommitCertificate.decode(cert_bytes).check_header(Header.decode(header), VSET)
         times.append(time.perf_counter() - t)
     times.sort()
     p50, p99 = times[500] * 1e3, times[989] * 1e3
     print(
-        f"\nheader+certificate verify ({len(cert.signatures)} Ed25519 + decode + value id): "
-        f"p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+        f"\nheader+certificate verify ({len(cert.signatures)} Ed25519 + decode, no body, "
+        f"{len(header)} + {len(cert_bytes)} bytes): p50 {p50:.3f} ms, p99 {p99:.3f} ms"
     )
     assert p99 < 50  # the goal is 5 ms on the OBU; this guards against regressions on slow CI
