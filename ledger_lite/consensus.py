@@ -292,10 +292,17 @@ class Params:
     max_round_ahead: int = 64
     #: the id votes are about (deterministic, never raises; see the module doc)
     value_id: Callable[[bytes], bytes] = value_id
+    #: the validator set of a height when it changes over the chain (default: ``vset`` at every
+    #: height); must be deterministic and known for the heights messages are buffered for
+    vset_at: Callable[[int], ValidatorSet] | None = None
 
     @property
     def me(self) -> str:
         return self.signer.did
+
+    def validators(self, height: int) -> ValidatorSet:
+        """The validator set that votes at ``height``."""
+        return self.vset if self.vset_at is None else self.vset_at(height)
 
 
 # --------------------------------------------------------------------------- state
@@ -431,20 +438,21 @@ def step(state: NodeState, inp: Input, *, now: float = 0.0) -> tuple[NodeState, 
 
 def _receive(st: NodeState, msg: Message, out: list[Action], *, verified: bool) -> None:
     p = st.params
-    if msg.height < st.height or msg.round < 0 or p.vset.power_of(msg.signer) == 0:
+    if msg.height < st.height or msg.round < 0 or msg.height > st.height + p.future_heights:
         st.dropped += 1
         return
-    if msg.height > st.height + p.future_heights or msg.round > st.round + p.max_round_ahead:
+    vset = p.validators(msg.height)
+    if vset.power_of(msg.signer) == 0 or msg.round > st.round + p.max_round_ahead:
         st.dropped += 1
         return
     if isinstance(msg, Proposal) and (
-        msg.proposer != p.vset.proposer(msg.height, msg.round) or not -1 <= msg.valid_round < msg.round
+        msg.proposer != vset.proposer(msg.height, msg.round) or not -1 <= msg.valid_round < msg.round
     ):
         st.dropped += 1
         return
     if not verified:
         try:
-            p.verifier(msg.signer, msg.signature, msg.sign_bytes(p.vset.chain_id))
+            p.verifier(msg.signer, msg.signature, msg.sign_bytes(vset.chain_id))
         except VerificationError:
             st.dropped += 1
             return
@@ -499,7 +507,7 @@ def _add_vote(st: NodeState, vote: Vote, out: list[Action]) -> None:
         if len(prior) >= MAX_VOTES_PER_SLOT:
             return
     votes[vote.voter] = (*prior, vote)
-    power = st.params.vset.power_of(vote.voter)
+    power = st.params.validators(st.height).power_of(vote.voter)
     tkey = (vote.round, vote.type, vote.value_id)
     st.tally[tkey] = st.tally.get(tkey, 0) + power
     if kind == "new":
@@ -561,7 +569,7 @@ def _start_round(st: NodeState, r: int, out: list[Action]) -> None:
     st.round = r
     st.step = Step.PROPOSE
     st.awaiting_value = None
-    if st.params.vset.proposer(st.height, r) == st.params.me:
+    if st.params.validators(st.height).proposer(st.height, r) == st.params.me:
         value, vr = _proposal_choice(st)
         if value is not None:
             _propose(st, value, vr, out)
@@ -616,7 +624,7 @@ def _lock_allows(st: NodeState, vid: bytes, valid_round: int) -> bool:
 
 
 def _has_quorum(st: NodeState, power: int) -> bool:
-    return power >= st.params.vset.quorum
+    return power >= st.params.validators(st.height).quorum
 
 
 def _lock_on(st: NodeState, vid: bytes) -> None:
@@ -639,7 +647,8 @@ def _apply_one_rule(st: NodeState, out: list[Action]) -> bool:
                 _decide(st, pr, vid, prop, out)
                 return True
     # line 55: f+1 power already in a higher round
-    higher = [rr for rr, who in st.senders.items() if rr > r and sum(map(p.vset.power_of, who)) >= p.vset.one_third]
+    vset = p.validators(h)
+    higher = [rr for rr, who in st.senders.items() if rr > r and sum(map(vset.power_of, who)) >= vset.one_third]
     if higher:
         _start_round(st, max(higher), out)
         return True

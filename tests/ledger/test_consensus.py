@@ -364,3 +364,36 @@ def test_restore_rejects_someone_elses_messages() -> None:
     st = node(DIDS[0])
     with pytest.raises(DoubleSignError):
         C.restore(st.params, height=1, persisted=[vote("prevote", None, DIDS[1])])
+
+
+def test_validator_set_per_height() -> None:
+    """``Params.vset_at``: at height 2 a fifth validator joins and the first one leaves; its votes at
+    height 2 count nothing, the newcomer's do, and the proposer is the new set's."""
+    extra = SigningKey.from_private_bytes("Ed25519", bytes([99]) * 32)
+    BY_DID[did_key(extra.public)] = extra
+    gone = DIDS[0]
+    new = ValidatorSet(CHAIN, tuple(Validator(d, 1) for d in [*DIDS[1:], did_key(extra.public)]))
+    assert gone not in new and len(new) == 4
+
+    def vset_at(h: int) -> ValidatorSet:
+        return VSET if h == 1 else new
+
+    me = DIDS[1]
+    params = C.Params(VSET, KeySigner(BY_DID[me]), timeouts=TIMEOUTS, is_valid=is_valid, vset_at=vset_at)
+    st, _ = feed(C.initial_state(params, height=2), C.Start())
+    value = b"block at 2"
+    prop = C.Proposal(2, 0, value, -1, new.proposer(2, 0))
+    prop = C.Proposal(2, 0, value, -1, prop.proposer, BY_DID[prop.proposer].sign(prop.sign_bytes(CHAIN)))
+    st, out = feed(st, C.Received(prop))
+    assert [v.value_id for v in own_votes(out, C.PREVOTE)] == [C.value_id(value)]
+    # the departed validator's precommit is dropped; three members of the new set decide
+    dropped = st.dropped
+    st, out = feed(st, C.Received(vote(C.PRECOMMIT, value, gone, h=2)))
+    assert st.dropped == dropped + 1
+    voters = [d for d in new.dids if d != me][:2]
+    st, out = feed(st, *received(*(vote(C.PRECOMMIT, value, d, h=2) for d in voters)))
+    assert not [a for a in out if isinstance(a, C.Commit)]  # 2 of 4 new + none of ours yet
+    st, out = feed(st, *received(*(vote(C.PREVOTE, value, d, h=2) for d in voters)))
+    commits = [a for a in out if isinstance(a, C.Commit)]
+    assert [c.height for c in commits] == [2]
+    assert {v.voter for v in commits[0].certificate} <= set(new.dids)
