@@ -1,12 +1,14 @@
 """The block store of an RSU's cell ledger: committed blocks, their commit certificates and a tx index,
 in SQLite.
 
-    store = BlockStore(path, validators=vset)   # validators optional: then append verifies certificates
+    store = BlockStore(path, validators=vset)   # optional: then append verifies certificates; a set or
+                                                # a function height -> set (validator-set changes)
     store.append(block, certificate)            # height latest+1, linked, certificate for exactly it
     store.get(height) / store.latest() / store.certificate(height)
     store.tx_location(attestation_id) -> (height, index) | None
     store.receipt(attestation_id) -> (height, InclusionProof) | None
-    store.verify_chain(validators)              # re-verifies every hash, link and certificate
+    store.verify_chain(validators)              # re-verifies every hash, link and certificate (set or
+                                                # height -> set)
 
 Durability: ``journal_mode=WAL`` and ``synchronous=FULL``. Under WAL, NORMAL may lose the last
 transactions on power loss (the WAL is fsynced only at checkpoints); FULL fsyncs the WAL on every
@@ -30,6 +32,7 @@ store is the last line.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -39,11 +42,25 @@ from ledger_lite.block import Block, CommitCertificate, tx_receipt
 from ledger_lite.errors import LedgerError, LinkError, MalformedError, VerificationError
 from ledger_lite.validators import ValidatorSet
 
-__all__ = ["BlockStore", "BlockStoreError", "CorruptStoreError", "DuplicateTxError", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "BlockStore", "BlockStoreError", "CorruptStoreError", "DuplicateTxError", "Validators"]
 
 #: 2: headers carry last_commit_hash and certificates certify the block id (no value_id column);
-#: a version-1 store is refused, not migrated (its blocks do not decode in the new format)
-SCHEMA_VERSION = 2
+#: 3: headers carry next_validators_hash. Older stores are refused, not migrated (their blocks do not
+#: decode in the new format, and their block ids would change): re-sync the chain from peers.
+SCHEMA_VERSION = 3
+
+_OLD_VERSIONS = {
+    1: "headers without last_commit_hash and next_validators_hash",
+    2: "headers without next_validators_hash",
+}
+
+#: the validator set of a height: one fixed set, or a function height -> the set that signs it
+Validators = ValidatorSet | Callable[[int], ValidatorSet]
+
+
+def _set_at(validators: Validators, height: int) -> ValidatorSet:
+    return validators if isinstance(validators, ValidatorSet) else validators(height)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -78,7 +95,7 @@ class CorruptStoreError(BlockStoreError):
 
 
 class BlockStore:
-    def __init__(self, path: str | Path, *, validators: ValidatorSet | None = None) -> None:
+    def __init__(self, path: str | Path, *, validators: Validators | None = None) -> None:
         self.path = Path(path)
         self.validators = validators
         self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -88,7 +105,11 @@ class BlockStore:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, SCHEMA_VERSION):
             self._db.close()
-            raise BlockStoreError(f"{self.path}: schema version {version}, this agent knows {SCHEMA_VERSION}")
+            what = _OLD_VERSIONS.get(version, "unknown to this agent")
+            raise BlockStoreError(
+                f"{self.path}: block store schema version {version} ({what}); this agent knows only version "
+                f"{SCHEMA_VERSION} and does not migrate: move the file away and re-sync the chain from peers"
+            )
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -122,7 +143,10 @@ class BlockStore:
         another height/round/block id, and (``TxRootError``/``BlockInvalidError``) a body that does
         not match its header; with ``validators`` set, the block's ``validate_basic`` and the
         certificate's signatures are checked too. Appending the latest block again is a no-op
-        (idempotent after a crash between commit and acknowledgement)."""
+        (idempotent after a crash between commit and acknowledgement). The block's
+        ``validators_hash`` must be the latest block's ``next_validators_hash`` (always checked); with
+        ``validators`` a function, height h is checked against ``validators(h)`` and its last commit
+        against ``validators(h - 1)``."""
         h = block.header
         latest = self.latest()
         if latest is not None and h.height == latest.height and block == latest:
@@ -135,12 +159,19 @@ class BlockStore:
                 raise LinkError("not the id of the latest stored block", field="header.prev_block_id")
             if block.last_commit is None or block.last_commit.block_id != latest.block_id():
                 raise LinkError("last commit is not for the latest stored block", field="last_commit")
+            if h.validators_hash != latest.header.next_validators_hash:
+                raise LinkError(
+                    f"not the next validator set named by the latest stored block {latest.height}",
+                    field="header.validators_hash",
+                )
         if (certificate.height, certificate.round, certificate.block_id) != (h.height, h.round, block.block_id()):
             raise LinkError("the certificate is not for this block", field="certificate")
         block.check_body()  # the block id (what the certificate certifies) binds the body only through it
         if self.validators is not None:
-            block.validate_basic(latest, self.validators)
-            certificate.check_block(block, self.validators)
+            vals = _set_at(self.validators, h.height)
+            last = None if latest is None else _set_at(self.validators, latest.height)
+            block.validate_basic(latest, vals, last_validators=last)
+            certificate.check_block(block, vals)
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -214,9 +245,11 @@ class BlockStore:
 
     # -- auditing ---------------------------------------------------------------------------------
 
-    def verify_chain(self, validators: ValidatorSet) -> int:
+    def verify_chain(self, validators: Validators) -> int:
         """Re-verify the whole chain: decoding, stored ids, heights without gaps, ``validate_basic``
-        against the predecessor (links, tx roots, last commits), each block's own certificate, and
+        against the predecessor (links, tx roots, last commits, ``validators_hash`` against the
+        set of its height and the predecessor's ``next_validators_hash``; ``validators`` is one set
+        or a function height -> set), each block's own certificate, and
         the tx index. Returns the number of blocks; raises ``CorruptStoreError`` at the first fault
         (its cause is the ledger error). O(chain): for ``acc ledger verify``, not the hot path."""
         prev: Block | None = None
@@ -236,13 +269,15 @@ class BlockStore:
                     raise LinkError(f"row {height} holds block {block.height}", field="header.height")
                 if bid != block.block_id():
                     raise LinkError("stored id is not the block's", field="block_id")
-                block.validate_basic(prev, validators)
+                vals = _set_at(validators, height)
+                last = None if prev is None else _set_at(validators, prev.height)
+                block.validate_basic(prev, vals, last_validators=last)
                 if cert_bytes is None:
                     raise LinkError("no commit certificate stored", field="certificate")
                 cert = CommitCertificate.decode(cert_bytes)
                 if cert.round != rnd:
                     raise LinkError("stored round is not the certificate's", field="certificate.round")
-                cert.check_block(block, validators)
+                cert.check_block(block, vals)
             except (VerificationError, MalformedError) as err:
                 raise CorruptStoreError(f"block {height}: {err}") from err
             indexed = self._db.execute("SELECT attestation_id, idx FROM txs WHERE height = ?", (height,)).fetchall()

@@ -7,7 +7,8 @@ accepts exactly what ``encode`` produces (``encode(decode(b)) == b``) and raises
     Header  = [chain_id: tstr, height: uint >= 1, round: uint, time_ms: uint,
                prev_block_id: bstr .size 32 (32 zero bytes at height 1),
                last_commit_hash: bstr .size 32, tx_root: bstr .size 32,
-               app_hash: bstr .size (0..64), validators_hash: bstr .size 32, proposer: tstr (DID)]
+               app_hash: bstr .size (0..64), validators_hash: bstr .size 32,
+               next_validators_hash: bstr .size 32, proposer: tstr (DID)]
     Block   = [Header, [* tx: bstr], last_commit: Certificate / null]
     Certificate = [height: uint, round: uint, block_id: bstr .size 32, [* [index: uint, signature: bstr]]]
 
@@ -19,6 +20,13 @@ bytes at height 1) -- so the block id names the whole block. It is
 * what the next header's ``prev_block_id`` names, and
 * the consensus value id: the node runs consensus with ``Params(value_id=block_value_id)``, so
   precommits sign the block id and a ``CommitCertificate`` carries it (``block_id``).
+
+Validator sets change CometBFT style: an update committed in block H takes effect at height H + 2.
+``validators_hash`` is the hash of the set that signs this height (its certificate), and
+``next_validators_hash`` the hash of the set that signs height + 1, so the header of H + 1 already
+names the new set. A light client follows set changes only through verified headers: it learns the
+next set's hash from a header whose certificate it verified with the current set. Between two
+linked headers ``validators_hash == prev.next_validators_hash`` (``validate_basic``).
 
 A light client therefore checks a header against a certificate alone
 (``CommitCertificate.check_header``); the body is checked against its header by
@@ -99,6 +107,7 @@ _HEADER_FIELDS: Final = (
     "tx_root",
     "app_hash",
     "validators_hash",
+    "next_validators_hash",
     "proposer",
 )
 
@@ -157,6 +166,7 @@ class Header:
     tx_root: bytes
     app_hash: bytes
     validators_hash: bytes
+    next_validators_hash: bytes
     proposer: str
 
     def __post_init__(self) -> None:
@@ -200,7 +210,8 @@ def _check_header_fields(v: list[Any]) -> list[Any]:
     _bstr(v[6], "header.tx_root", size=HASH_SIZE)
     _bstr(v[7], "header.app_hash", max_size=MAX_APP_HASH)
     _bstr(v[8], "header.validators_hash", size=HASH_SIZE)
-    _tstr(v[9], "header.proposer", max_size=MAX_DID)
+    _bstr(v[9], "header.next_validators_hash", size=HASH_SIZE)
+    _tstr(v[10], "header.proposer", max_size=MAX_DID)
     return v
 
 
@@ -363,9 +374,14 @@ class Block:
         last_commit: CommitCertificate | None,
         app_hash: bytes = b"",
         proposer: str | None = None,
+        next_validators: ValidatorSet | None = None,
     ) -> Block:
-        """A proposer's block: tx_root, last_commit_hash and validators hash computed, prev id from
-        ``prev``."""
+        """A proposer's block: tx_root, last_commit_hash, validators hash and next validators hash
+        (of ``next_validators``, the set that signs height + 1; default ``validators``: no change)
+        computed, prev id from ``prev``."""
+        nxt = validators if next_validators is None else next_validators
+        if nxt.chain_id != validators.chain_id:
+            raise ValueError(f"next validators of chain {nxt.chain_id!r}, validators of {validators.chain_id!r}")
         header = Header(
             validators.chain_id,
             height,
@@ -376,6 +392,7 @@ class Block:
             merkle.root(list(txs)),
             app_hash,
             validators.hash(),
+            nxt.hash(),
             proposer or validators.proposer(height, round),
         )
         return cls(header, tuple(txs), last_commit)
@@ -438,20 +455,38 @@ class Block:
         h = self.header
         return merkle.root(self.txs) == h.tx_root and last_commit_hash(self.last_commit) == h.last_commit_hash
 
-    def validate_basic(self, prev: Header | Block | None, validators: ValidatorSet) -> None:
-        """Structural rules against the predecessor and the (fixed) validator set; raises.
+    def validate_basic(
+        self,
+        prev: Header | Block | None,
+        validators: ValidatorSet,
+        next_validators: ValidatorSet | None = None,
+        *,
+        last_validators: ValidatorSet | None = None,
+    ) -> None:
+        """Structural rules against the predecessor and the validator sets; raises.
 
-        chain id and validators hash of ``validators``; proposer is a validator; the body matches
+        ``validators`` is the set of this height: chain id and ``validators_hash`` are its; the
+        proposer is one of it. With ``next_validators`` (the set of height + 1) given,
+        ``next_validators_hash`` must be its hash (unchecked otherwise: the next block's
+        ``validators_hash == prev.next_validators_hash`` link catches a wrong one). The body matches
         the header (``check_body``: tx_root, last_commit_hash); no tx twice; height 1 has the
         genesis prev id and no last commit; later heights follow ``prev`` (height + 1,
-        prev_block_id, time strictly later) and carry a last commit for exactly ``prev``'s block
-        id at height - 1 that verifies with ``validators`` (a bare ``Header`` suffices as ``prev``).
+        prev_block_id, ``validators_hash`` equal to prev's ``next_validators_hash``, time strictly
+        later) and carry a last commit for exactly ``prev``'s block id at height - 1 that verifies
+        with ``last_validators`` -- the set of height - 1, default ``validators`` (a fixed set);
+        it must hash to prev's ``validators_hash``. A bare ``Header`` suffices as ``prev``.
         """
         h = self.header
         if h.chain_id != validators.chain_id:
             raise ChainMismatchError(f"block of chain {h.chain_id!r}, validators of {validators.chain_id!r}")
         if h.validators_hash != validators.hash():
-            raise BlockInvalidError("not the hash of the validator set", field="header.validators_hash")
+            raise BlockInvalidError(
+                f"not the hash of the validator set of height {h.height}", field="header.validators_hash"
+            )
+        if next_validators is not None and h.next_validators_hash != next_validators.hash():
+            raise BlockInvalidError(
+                f"not the hash of the validator set of height {h.height + 1}", field="header.next_validators_hash"
+            )
         if h.proposer not in validators:
             raise BlockInvalidError(f"{h.proposer} is not a validator", field="header.proposer")
         self.check_body()
@@ -472,6 +507,11 @@ class Block:
             raise LinkError(f"height {h.height} does not follow {ph.height}", field="header.height")
         if h.prev_block_id != ph.block_id():
             raise LinkError("not the id of the previous block", field="header.prev_block_id")
+        if h.validators_hash != ph.next_validators_hash:
+            raise LinkError(
+                f"height {ph.height} named another next validator set than height {h.height}'s",
+                field="header.validators_hash",
+            )
         if h.time_ms <= ph.time_ms:
             raise BlockInvalidError(f"{h.time_ms} is not after the previous {ph.time_ms}", field="header.time_ms")
         lc = self.last_commit
@@ -483,7 +523,14 @@ class Block:
             )
         if lc.block_id != ph.block_id():
             raise LinkError("commit is for another block than the previous one", field="last_commit.block_id")
-        lc.verify(validators, h.chain_id)
+        lv = validators if last_validators is None else last_validators
+        if lv.hash() != ph.validators_hash:
+            raise BlockInvalidError(
+                f"the last commit is signed by the set of height {ph.height} (hash {ph.validators_hash.hex()[:16]}..),"
+                " not the one given: pass last_validators= that set when the set changes",
+                field="last_commit",
+            )
+        lc.verify(lv, h.chain_id)
 
 
 # --------------------------------------------------------------------------- ids

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from agent.blockstore import BlockStore, CorruptStoreError, DuplicateTxError
+from agent.blockstore import SCHEMA_VERSION, BlockStore, BlockStoreError, CorruptStoreError, DuplicateTxError
 from ledger_lite.attestation import attestation_id
 from ledger_lite.block import Block
-from ledger_lite.errors import LinkError
-from tests.ledger.test_block import VSET, run_cell
+from ledger_lite.errors import BlockInvalidError, LinkError
+from tests.ledger.test_block import SET_A, SET_B, VSET, run_cell, set_at, signed_chain
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,44 @@ def test_append_latency(tmp_path: Path, chain: list[Any], sync: str) -> None:
         times.append(time.perf_counter() - t)
     store.close()
     print(f"\nappend synchronous={sync}: " + ", ".join(f"{x * 1e3:.2f}" for x in times) + " ms")
+
+
+def test_validator_set_changes_over_the_chain(tmp_path: Path) -> None:
+    changing = signed_chain({1: SET_A, 4: SET_B}, 6)
+    db = tmp_path / "v.db"
+    with BlockStore(db, validators=set_at) as store:
+        for block, cert in changing:
+            store.append(block, cert)
+        assert store.verify_chain(set_at) == 6
+        with pytest.raises(CorruptStoreError, match="block 4"):
+            store.verify_chain(VSET)  # a fixed set does not sign the later blocks
+    with BlockStore(tmp_path / "w.db", validators=VSET) as store:  # a fixed set refuses the switch
+        for block, cert in changing[:3]:
+            store.append(block, cert)
+        with pytest.raises(BlockInvalidError, match="validators_hash"):
+            store.append(*changing[3])
+        assert store.height() == 3
+    # without validators the store still checks that a block's set is the one its predecessor named
+    unnamed = signed_chain({1: SET_A}, 3)
+    with BlockStore(tmp_path / "x.db") as store:
+        for block, cert in unnamed:
+            store.append(block, cert)
+        b4 = dataclasses.replace(
+            changing[3][0], header=dataclasses.replace(changing[3][0].header, prev_block_id=unnamed[2][0].block_id())
+        )
+        b4 = dataclasses.replace(b4, last_commit=unnamed[2][1])
+        with pytest.raises(LinkError, match="next validator set"):
+            store.append(b4, dataclasses.replace(changing[3][1], block_id=b4.block_id()))
+
+
+@pytest.mark.parametrize("old", [1, 2])
+def test_old_schema_is_refused(tmp_path: Path, old: int) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version={old}")
+    conn.close()
+    with pytest.raises(BlockStoreError, match=f"version {old}.*re-sync"):
+        BlockStore(db)
+    assert SCHEMA_VERSION == 3
+    with BlockStore(tmp_path / "new.db") as store:
+        assert store.pragma("user_version") == 3

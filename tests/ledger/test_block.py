@@ -37,7 +37,7 @@ from ledger_lite.errors import (
     UnknownSignerError,
 )
 from ledger_lite.keys import SigningKey
-from ledger_lite.validators import ValidatorSet
+from ledger_lite.validators import Validator, ValidatorSet
 
 CHAIN = "cell-test"
 KEYS = [SigningKey.from_private_bytes("Ed25519", bytes([i + 41]) * 32) for i in range(4)]
@@ -268,7 +268,8 @@ def test_strict_decoding_names_the_field(chain: Any) -> None:
         (lambda it: it[0].__setitem__(1, 0), "header.height"),
         (lambda it: it[0].__setitem__(5, b"short"), "header.last_commit_hash"),
         (lambda it: it[0].__setitem__(6, b"short"), "header.tx_root"),
-        (lambda it: it[0].__setitem__(9, 7), "header.proposer"),
+        (lambda it: it[0].__setitem__(9, b"short"), "header.next_validators_hash"),
+        (lambda it: it[0].__setitem__(10, 7), "header.proposer"),
         (lambda it: it.__setitem__(1, [b""]), "txs[0]"),
         (lambda it: it[2][3].reverse(), "last_commit.signatures[1]"),
         (lambda it: it[2].pop(), "last_commit"),
@@ -349,3 +350,101 @@ def test_header_plus_certificate_verification_time(chain: Any) -> None:
         f"{len(header)} + {len(cert_bytes)} bytes): p50 {p50:.3f} ms, p99 {p99:.3f} ms"
     )
     assert p99 < 50  # the goal is 5 ms on the OBU; this guards against regressions on slow CI
+
+
+# --------------------------------------------------------------------------- validator-set changes
+
+
+def make_keys(n: int, base: int) -> list[SigningKey]:
+    return [SigningKey.from_private_bytes("Ed25519", bytes([(base + i) % 256]) * 32) for i in range(n)]
+
+
+def make_set(keys: list[SigningKey], chain_id: str = CHAIN) -> tuple[ValidatorSet, dict[str, SigningKey]]:
+    by_did = {did_key(k.public): k for k in keys}
+    return ValidatorSet(chain_id, tuple(Validator(d, 1) for d in by_did)), by_did
+
+
+def sign_certificate(
+    header: Header, vset: ValidatorSet, keys: dict[str, SigningKey], signers: int | None = None
+) -> CommitCertificate:
+    """A real certificate: the first ``signers`` validators (default all) sign the precommit."""
+    sigs = []
+    for i, did in enumerate(vset.dids[:signers]):
+        vote = C.Vote(C.PRECOMMIT, header.height, header.round, header.block_id(), did)
+        sigs.append((i, keys[did].sign(vote.sign_bytes(header.chain_id))))
+    return CommitCertificate(header.height, header.round, header.block_id(), tuple(sigs))
+
+
+def signed_chain(
+    sets: dict[int, tuple[ValidatorSet, dict[str, SigningKey]]], heights: int, txs_per_block: int = 2
+) -> list[tuple[Block, CommitCertificate]]:
+    """Blocks 1..heights signed by ``sets[h]`` (the set of the greatest key <= h), each header naming
+    the set of h + 1 as its next set."""
+
+    def at(h: int) -> tuple[ValidatorSet, dict[str, SigningKey]]:
+        return sets[max(k for k in sets if k <= h)]
+
+    pool = attestations(heights * txs_per_block, seed=5)
+    out: list[tuple[Block, CommitCertificate]] = []
+    for h in range(1, heights + 1):
+        vset, keys = at(h)
+        prev = out[-1] if out else None
+        block = Block.build(
+            validators=vset,
+            next_validators=at(h + 1)[0],
+            height=h,
+            round=0,
+            time_ms=T0 + h * 1000,
+            prev=None if prev is None else prev[0],
+            txs=pool[(h - 1) * txs_per_block : h * txs_per_block],
+            last_commit=None if prev is None else prev[1],
+        )
+        out.append((block, sign_certificate(block.header, vset, keys)))
+    return out
+
+
+SET_A = make_set(KEYS)
+SET_B = make_set(make_keys(5, 120))  # from height 4 on: five other validators
+
+
+def set_at(h: int) -> ValidatorSet:
+    return (SET_A if h < 4 else SET_B)[0]
+
+
+def test_next_validators_hash_follows_set_changes() -> None:
+    chain = signed_chain({1: SET_A, 4: SET_B}, 6)
+    prev: Block | None = None
+    for block, cert in chain:
+        h = block.height
+        assert block.header.validators_hash == set_at(h).hash()
+        assert block.header.next_validators_hash == set_at(h + 1).hash()
+        block.validate_basic(prev, set_at(h), set_at(h + 1), last_validators=None if prev is None else set_at(h - 1))
+        cert.check_block(block, set_at(h))
+        assert Block.decode(block.encode()).encode() == block.encode()
+        prev = block
+    b3, b4 = chain[2][0], chain[3][0]
+    with pytest.raises(BlockInvalidError, match="next_validators_hash"):
+        b3.validate_basic(chain[1][0], set_at(3), set_at(3))  # the header names B as next
+    with pytest.raises(BlockInvalidError, match="last_commit"):  # the last commit of 3 is A's, not B's
+        b4.validate_basic(b3, set_at(4))
+    with pytest.raises(BlockInvalidError, match="validators_hash"):
+        b4.validate_basic(b3, set_at(3), last_validators=set_at(3))
+    # a block that switches sets without its predecessor naming the switch does not link
+    unnamed = signed_chain({1: SET_A}, 3)
+    u3, uc3 = unnamed[2]
+    switch = Block.build(validators=set_at(4), height=4, round=0, time_ms=T0 + 9000, prev=u3, txs=[], last_commit=uc3)
+    with pytest.raises(LinkError, match="next validator set"):
+        switch.validate_basic(u3, set_at(4), last_validators=set_at(3))
+    # default: no change
+    assert unnamed[0][0].header.next_validators_hash == set_at(1).hash()
+    with pytest.raises(ValueError, match="chain"):
+        Block.build(
+            validators=VSET,
+            next_validators=make_set(KEYS, "other")[0],
+            height=1,
+            round=0,
+            time_ms=T0,
+            prev=None,
+            txs=[],
+            last_commit=None,
+        )
