@@ -30,6 +30,7 @@ __all__ = [
     "ConfigError",
     "FusionConfig",
     "GnssConfig",
+    "LedgerConfig",
     "OutboxConfig",
     "MqttConfig",
     "TrustConfig",
@@ -171,6 +172,18 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class LedgerConfig:
+    enabled: bool = _doc("run the cell ledger (role rsu: a consensus validator; needs mqtt and a device key)", False)
+    genesis_file: str = _doc("the cell's genesis JSON (chain id, validators, authorities)", "")
+    block_interval: float = _doc("seconds between a commit and the next proposal", 0.5)
+    max_block_txs: int = _doc("most transactions in one block", 2000)
+    timeout_propose: float = _doc("propose timeout of round 0, seconds (grows by half of it per round)", 3.0)
+    timeout_vote: float = _doc("prevote/precommit timeout of round 0, seconds (grows by half per round)", 1.0)
+    rebroadcast: float = _doc("re-send own consensus messages of a height stuck this long, seconds", 2.0)
+    mempool_txs: int = _doc("transactions the mempool holds; new ones are refused beyond (senders retry)", 20000)
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = _doc("runtime", None, default_factory=AgentConfig)
     can: tuple[CanBusConfig, ...] = _doc("CAN buses, one [[can]] table each", ())
@@ -181,6 +194,7 @@ class Config:
     trust: TrustConfig = _doc("trust roots, revocation, access grants", None, default_factory=TrustConfig)
     outbox: OutboxConfig = _doc("store-and-forward outbox for attestations", None, default_factory=OutboxConfig)
     mqtt: MqttConfig = _doc("MQTT 5 broker connection (cell network)", None, default_factory=MqttConfig)
+    ledger: LedgerConfig = _doc("the cell ledger (RSU)", None, default_factory=LedgerConfig)
 
 
 def load_config(
@@ -426,6 +440,7 @@ def _check(cfg: Config) -> list[str]:
         problems.append("outbox.budget_mb: must be more than 0.01 MiB")
     if not 0 < cfg.outbox.resend_after <= cfg.outbox.resend_max:
         problems.append("outbox.resend_after: must be > 0 and <= outbox.resend_max")
+    problems.extend(_check_ledger(cfg))
     if cfg.attest.summary_interval < 0:
         problems.append("attest.summary_interval: must be >= 0")
     if not 0 <= cfg.trust.skew < 86400:
@@ -437,6 +452,29 @@ def _check(cfg: Config) -> list[str]:
     if cfg.camera.fps <= 0:
         problems.append("camera.fps: must be > 0")
     problems.extend(_check_mqtt(cfg.mqtt))
+    return problems
+
+
+def _check_ledger(cfg: Config) -> list[str]:
+    lg = cfg.ledger
+    problems = []
+    if lg.enabled:
+        if not lg.genesis_file:
+            problems.append("ledger.genesis_file: required when ledger.enabled")
+        elif not Path(lg.genesis_file).is_file():
+            problems.append(f"ledger.genesis_file: file {lg.genesis_file} does not exist")
+        if not cfg.mqtt.enabled:
+            problems.append("ledger.enabled: needs mqtt.enabled (the ledger runs over the cell broker)")
+    if not 0 <= lg.block_interval <= 60:
+        problems.append(f"ledger.block_interval: {lg.block_interval} is outside 0..60 s")
+    if not 1 <= lg.max_block_txs <= 10_000:
+        problems.append(f"ledger.max_block_txs: {lg.max_block_txs} is outside 1..10000")
+    if lg.timeout_propose <= 0 or lg.timeout_vote <= 0 or lg.rebroadcast <= 0:
+        problems.append("ledger.timeout_propose, timeout_vote and rebroadcast: must be > 0")
+    if lg.block_interval >= lg.timeout_propose:
+        problems.append("ledger.block_interval: must be shorter than ledger.timeout_propose")
+    if lg.mempool_txs < lg.max_block_txs:
+        problems.append("ledger.mempool_txs: must be >= ledger.max_block_txs")
     return problems
 
 

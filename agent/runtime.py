@@ -13,7 +13,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hal.interfaces import Camera, CanPort, Clock, GnssSource
 from hal.registry import load_backend
@@ -22,7 +22,7 @@ from hal.types import CanFilter, VehicleState
 from . import __version__
 from .access import AccessGate
 from .attestor import Attestor, SummaryService
-from .config import CameraConfig, CanBusConfig, Config, GnssConfig
+from .config import CameraConfig, CanBusConfig, Config, ConfigError, GnssConfig
 from .diagnostics import DiagnosticsServer
 from .fusion import Fusion
 from .health import HealthRegistry
@@ -32,6 +32,9 @@ from .outbox import AsyncOutbox, Entry, OutboxSender, SendError
 from .sdnotify import Notifier, watchdog_interval
 from .services import CameraService, CanService, GnssService, HealthService, StateService, StateSink
 from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from .ledger_node import LedgerNode
 
 __all__ = ["Agent", "build_camera", "build_can_port", "build_decoders", "build_gnss"]
 
@@ -143,6 +146,8 @@ class Agent:
         self.mqtt: MqttClient | None = None
         self.access: AccessGate | None = None
         self.summary: SummaryService | None = None
+        #: the RSU's ledger node (agent/ledger_node.py), while its service runs
+        self.ledger: LedgerNode | None = None
         self.started_mono = 0.0
         self._stop: asyncio.Event | None = None
         #: set once run() has built every service (tests and embedders wait on it)
@@ -195,6 +200,7 @@ class Agent:
         self._build_attestor()
         self._build_access()
         self._build_network()
+        self._build_ledger()
         checkers = [s.check for s in self.can_services]
         if self.gnss_service is not None:
             checkers.append(self.gnss_service.check)
@@ -208,6 +214,7 @@ class Agent:
         diag.command("state", lambda req: self.last_state())
         diag.command("access.read", self.access_read)
         diag.command("net", lambda req: self.net_status())
+        diag.command("ledger", lambda req: self.ledger_status())
         self.supervisor.add("diagnostics", diag.serve)
         for name, run in self.extra_services:
             self.supervisor.add(name, run)
@@ -256,6 +263,57 @@ class Agent:
 
             sender = OutboxSender(self.outbox, send, self.clock, health=self.health, cells=lambda: {cfg.mqtt.cell})
             self.supervisor.add("outbox.sender", sender.run)
+
+    def _build_ledger(self) -> None:
+        """The RSU's ledger node over the cell broker, as the service ``ledger``."""
+        cfg = self.config
+        if cfg.agent.role != "rsu" or not cfg.ledger.enabled:
+            return
+        if self.identity is None or self.mqtt is None:
+            self.health.failed("ledger", "needs a device key (acc keys init) and mqtt.enabled")
+            return
+        from ledger_lite import consensus
+        from ledger_lite.errors import LedgerError
+        from ledger_lite.genesis import Genesis
+
+        from .ledger_node import LedgerNode, LedgerNodeConfig, MqttTransport
+
+        lg = cfg.ledger
+        try:
+            genesis = Genesis.from_json(Path(lg.genesis_file).read_bytes())
+        except (OSError, LedgerError) as err:
+            raise ConfigError([f"ledger.genesis_file: {err}"], lg.genesis_file) from err
+        node_cfg = LedgerNodeConfig(
+            data_dir=Path(cfg.agent.data_dir) / "ledger",
+            block_interval=lg.block_interval,
+            max_block_txs=lg.max_block_txs,
+            timeouts=consensus.TimeoutConfig(
+                propose=(lg.timeout_propose, lg.timeout_propose / 2),
+                prevote=(lg.timeout_vote, lg.timeout_vote / 2),
+                precommit=(lg.timeout_vote, lg.timeout_vote / 2),
+            ),
+            rebroadcast=lg.rebroadcast,
+            mempool_txs=lg.mempool_txs,
+        )
+        identity, transport = self.identity, MqttTransport(self.mqtt)
+
+        async def run() -> None:
+            node = LedgerNode(node_cfg, genesis, identity.key, identity.did, transport, clock=self.clock)
+            try:
+                await node.start()
+                self.ledger = node
+                self.health.ok("ledger", f"{genesis.chain_id} at height {node.height}")
+                await transport.subscribe()
+                await node.run()
+            finally:
+                self.ledger = None
+                await asyncio.to_thread(node.close)
+
+        self.supervisor.add("ledger", run)
+
+    def ledger_status(self) -> dict[str, Any] | None:
+        """Diagnostics command ``ledger``: height, last block, peers, validators, sync state."""
+        return None if self.ledger is None else self.ledger.status()
 
     def _build_attestor(self) -> None:
         cfg = self.config

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import cbor, cose
-from .attestation import PSEUDONYM_PREFIX, decode_attestation, did_key_resolver, verify_attestation
+from .attestation import PSEUDONYM_PREFIX, decode_attestation, did_key_resolver
 from .block import Block
 from .credentials import CredentialStore, DecodedCredential, Role, decode_credential, verify_credential
 from .errors import LedgerError, MalformedError, RevokedError, ValidityError, VerificationError
@@ -547,14 +547,14 @@ class LedgerApp:
         msg = cose.decode_sign1(tx)
         kind = kind_of(msg.content_type)
         if kind is TxKind.ATTESTATION:
-            att = decode_attestation(tx)
+            att = decode_attestation(tx)  # decodes once; the signature is checked on its parts below
             if not att.issuer.startswith(_DID_KEY):
                 why = "pseudonymous issuers are not accepted on the ledger (yet)"
                 if not att.issuer.startswith(PSEUDONYM_PREFIX):
                     why = "only did:key issuers are accepted on the ledger"
                 raise TxRejected(f"{att.issuer[:80]}: {why}", tx_id=tid, field="iss")
             if verify:
-                verify_attestation(tx, self._resolver)
+                cose.verify_sign1(msg, self._resolver(att.kid))
                 self.verifications += 1
             return _Checked(kind, tid, att.issuer, att.seq, att.time_ms, None, verify)
         if kind is TxKind.CREDENTIAL:

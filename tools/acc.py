@@ -23,6 +23,7 @@ _GROUPS = {
     "net": "tools.cli_net",
     "keys": "tools.cli_keys",
     "attest": "tools.cli_attest",
+    "ledger": "tools.cli_ledger",
 }
 
 

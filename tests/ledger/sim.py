@@ -12,9 +12,16 @@ heals, drops stop, delays fall below ``post_delay``, and every message sent so f
 to every node (what gossip catch-up does); afterwards a message of a Byzantine sender that reaches
 one honest node is relayed to all (gossip relays what it sees).
 
-Crash model (the WAL): a crash loses the whole node state except its persisted own signed messages
-(``PersistVote``) and its committed heights (the block store); restart uses
-``consensus.restore`` and re-delivers the log to the node.
+Crash model (the WAL): every honest node runs the real ``ledger_lite.wal.Wal`` over a
+``MemoryStorage`` (an in-memory log image with a durable watermark that advances on fsync): each
+input is appended before it is applied, each ``PersistVote`` is ``persist``ed (fsync), and after a
+Commit (the block is in the block store) ``end_height`` writes the marker and compacts. A crash
+(drawn from a separate per-seed RNG) loses the node state and every log byte after the watermark,
+except that in 40% of crashes a torn write survives (a random strict prefix of the next record)
+and in 20% a random prefix of all unsynced bytes. Restart goes through ``Wal.attach`` (scan, cut
+the torn tail) and ``wal.recover`` (``consensus.restore`` + replay of the logged inputs through
+``step``); the replay's actions are executed like any others, then the network log is
+re-delivered to the node.
 
 Checks (each failure is a ``Violation`` with a kind): agreement, validity (committed values are
 valid and were proposed), certificates (> 2/3 power of distinct, verified precommits for the
@@ -32,6 +39,7 @@ from functools import cache
 from typing import Any, Literal
 
 from ledger_lite import consensus as C
+from ledger_lite import wal as W
 from ledger_lite.didkey import did_key
 from ledger_lite.errors import SignatureError
 from ledger_lite.keys import SigningKey
@@ -131,6 +139,9 @@ class Result:
     events: int
     end_time: float
     evidence: int
+    restarts: int = 0
+    torn_restarts: int = 0  # restarts whose log image had a torn/corrupt tail that was cut
+    replayed: int = 0  # inputs fed back through step by recovery
 
     @property
     def ok(self) -> bool:
@@ -144,9 +155,11 @@ class _Node:
     params: C.Params
     state: C.NodeState | None = None
     incarnation: int = 0
-    persisted: list[C.Message] = field(default_factory=list)
     persisted_set: set[C.Message] = field(default_factory=set)
     committed: dict[int, bytes] = field(default_factory=dict)
+    # the WAL (the real ledger_lite.wal code) over an in-memory "disk" with a durable watermark
+    disk: W.MemoryStorage = field(default_factory=W.MemoryStorage)
+    wal: W.Wal | None = None
 
 
 # --------------------------------------------------------------------------- the simulation
@@ -177,6 +190,7 @@ class Simulation:
             for i, d in enumerate(dids)
         ]
         self.honest = [i for i, nd in enumerate(self.nodes) if nd.byz is None]
+        self.behind = len(self.honest) if config.heights > 0 else 0  # honest nodes short of ``heights``
         self.index = {nd.did: i for i, nd in enumerate(self.nodes)}
         self.queue: list[tuple[float, int, tuple[Any, ...]]] = []
         self.seq = 0
@@ -191,6 +205,10 @@ class Simulation:
         self.violations: list[Violation] = []
         self.evidence = 0
         self.events = 0
+        self.restarts = 0
+        self.torn_restarts = 0
+        self.replayed = 0
+        self.crash_rng = random.Random(f"crash-{seed}")
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -227,6 +245,8 @@ class Simulation:
         nd = self.nodes[i]
         if nd.state is None:
             return
+        if nd.wal is not None:
+            nd.wal.append_input(inp, height=nd.state.height)  # appended before it is applied
         nd.state, actions = C.step(nd.state, inp, now=self.now)
         for act in actions:
             self._execute(i, act)
@@ -234,7 +254,8 @@ class Simulation:
     def _execute(self, i: int, act: C.Action) -> None:
         nd = self.nodes[i]
         if isinstance(act, C.PersistVote):
-            nd.persisted.append(act.msg)
+            if nd.wal is not None:
+                nd.wal.persist(act.msg)
             nd.persisted_set.add(act.msg)
         elif isinstance(act, C.Broadcast):
             if nd.byz == "equivocate":
@@ -250,6 +271,8 @@ class Simulation:
         elif isinstance(act, C.Commit):
             if nd.byz is None:
                 self._check_commit(i, act)
+                if nd.wal is not None:
+                    nd.wal.end_height(act.height)  # the block is in the block store
         elif isinstance(act, C.Evidence):
             self.evidence += 1
 
@@ -289,6 +312,8 @@ class Simulation:
         if c.height != len(nd.committed) + 1:
             self._violate("order", f"node {i} committed height {c.height} after {sorted(nd.committed)}")
         nd.committed[c.height] = c.value
+        if len(nd.committed) == self.cfg.heights:
+            self.behind -= 1
         first = self.decided.setdefault(c.height, c.value)
         if first != c.value:
             self._violate("agreement", f"height {c.height}: {first!r} and {c.value!r} (node {i})")
@@ -318,16 +343,37 @@ class Simulation:
                 self._send(src, dst, msg, forced=forced)
 
     def _crash(self, i: int) -> None:
+        """Lose the state and the unsynced log bytes; sometimes a torn write survives."""
         nd = self.nodes[i]
+        if nd.state is None:
+            return
         nd.state = None
         nd.incarnation += 1
+        nd.wal = None
+        rng, disk = self.crash_rng, nd.disk
+        unsynced = len(disk.data) - disk.durable
+        mode = rng.random()
+        keep = 0
+        if unsynced and mode < 0.4:  # a torn next record
+            length, _ = W.HEADER.unpack_from(disk.data, disk.durable)  # unsynced bytes are whole records
+            keep = rng.randrange(1, min(unsynced, W.HEADER.size + length))
+        elif unsynced and mode < 0.6:  # the OS wrote back some prefix of the unsynced bytes
+            keep = rng.randrange(0, unsynced + 1)
+        disk.crash(keep)
 
     def _restart(self, i: int) -> None:
         nd = self.nodes[i]
         if nd.state is not None:
             return
-        nd.state = C.restore(nd.params, height=len(nd.committed) + 1, persisted=nd.persisted)
-        self._input(i, C.Start())
+        nd.wal, recovered = W.Wal.attach(nd.disk)  # Wal.open: scan, cut the torn tail
+        self.restarts += 1
+        self.torn_restarts += recovered.torn_bytes > 0
+        height = len(nd.committed) + 1
+        self.replayed += sum(1 for h, inp in recovered.inputs if h >= height)
+        nd.state, actions = W.recover(nd.params, height=height, recovered=recovered)
+        nd.wal.append_input(C.Start(), height=height)  # the restart itself (a no-op on the next replay)
+        for act in actions:
+            self._execute(i, act)
         self._deliver_log(i, forced=False)
 
     def _heal(self) -> None:
@@ -344,6 +390,8 @@ class Simulation:
         for nd in self.nodes:
             if nd.byz != "silent":
                 nd.state = C.initial_state(nd.params)
+            if nd.byz is None:
+                nd.wal, _ = W.Wal.attach(nd.disk)
         if cfg.partition_at is not None and cfg.heal_at > cfg.partition_at:
             self._push(cfg.partition_at, ("partition",))
         for _ in range(cfg.crashes):
@@ -359,8 +407,7 @@ class Simulation:
             self._input(i, C.Start())
 
     def _done(self) -> bool:
-        h = self.cfg.heights
-        return all(len(self.nodes[i].committed) >= h for i in self.honest)
+        return self.behind == 0
 
     def run(self) -> Result:
         cfg = self.cfg
@@ -387,6 +434,9 @@ class Simulation:
             self.events,
             self.now,
             self.evidence,
+            self.restarts,
+            self.torn_restarts,
+            self.replayed,
         )
 
     def _dispatch(self, ev: tuple[Any, ...]) -> None:
