@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int, nargs="+", default=[4, 7])
     ap.add_argument("--seconds", type=float, help="seconds of offered load per cell (default 30, quick 8)")
-    ap.add_argument("--rate-4", type=float, default=1000.0, help="offered tx/s for n=4 (the goal)")
-    ap.add_argument("--rate-7", type=float, default=500.0, help="offered tx/s for n=7 (the goal)")
+    ap.add_argument("--rate-4", type=float, default=1100.0, help="offered tx/s for n=4 (goal: 1000 committed)")
+    ap.add_argument("--rate-7", type=float, default=600.0, help="offered tx/s for n=7 (goal: 500 committed)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (8.0 if args.quick else 30.0)
     results = []
