@@ -38,7 +38,7 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -210,6 +210,7 @@ class LedgerNode:
         self._wal: Wal | None = None
         self.state: C.NodeState = C.initial_state(self.params)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._valid: OrderedDict[bytes, bool] = OrderedDict()
         self._decoded: OrderedDict[bytes, Block] = OrderedDict()
@@ -515,11 +516,25 @@ class LedgerNode:
                 self._peer_at(sender, header.height + 1)
         elif kind is MessageKind.SYNC_REQUEST:
             if sender != self.transport.node_id:
-                asyncio.get_running_loop().create_task(self._answer_sync(sender, payload))
+                self._spawn(self._answer_sync(sender, payload), f"sync answer to {sender}")
         elif kind is MessageKind.SYNC_RESPONSE:
             block, cert = _decode_sync_block(payload)
             if self._queue.qsize() < _QUEUE_MAX:
                 self._queue.put_nowait(("sync", (block, cert)))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``coro`` on the side; a malformed request is logged, not raised into the void."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except LedgerError as err:
+                self.counters.malformed += 1
+                log.info("ledger: %s: %s", what, err)
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def _peer_at(self, node: str, height: int) -> None:
         known = self.peers.get(node)
@@ -559,7 +574,7 @@ class LedgerNode:
         self._syncing_to = max(self._syncing_to, height)
         self._sync_batch_end = min(height, self.height + SYNC_BATCH)
         req = cbor.dumps([self.height + 1, height])
-        asyncio.get_running_loop().create_task(self.transport.send(MessageKind.SYNC_REQUEST, req))
+        self._spawn(self.transport.send(MessageKind.SYNC_REQUEST, req), "sync request")
 
     async def _answer_sync(self, requester: str, payload: bytes) -> None:
         item = cbor.loads(payload)

@@ -259,3 +259,21 @@ async def test_validator_set_change_by_authority_takes_effect_two_heights_later(
     _, proof = tx_receipt(block, block.txs.index(update))
     receipt = light.client.verify_receipt(update, h_update, proof)
     assert receipt.tx_id == uid and receipt.height == h_update
+
+
+async def test_garbage_on_every_ledger_topic_is_counted_and_the_cell_goes_on(cell: Cell) -> None:
+    for did in cell.dids:
+        await cell.start(did)
+    nodes = list(cell.nodes.values())
+    await cell.wait(lambda: all(n.height >= 2 for n in nodes), what="height 2")
+    junk = [b"", b"\xff\x00", b"\x83\x01\x02\x03", b"\xa1\x61a\x01", b"x" * 5000]
+    for kind in (MessageKind.TX, MessageKind.CONSENSUS, MessageKind.BLOCK, MessageKind.SYNC_REQUEST):
+        for payload in junk:
+            cell.hub.deliver(kind, "intruder", payload, None)
+    for payload in junk:
+        cell.hub.deliver(MessageKind.SYNC_RESPONSE, "intruder", payload, "rsu0")
+    top = max(n.height for n in nodes)
+    await cell.wait(lambda: all(n.height >= top + 3 for n in nodes), what="commits after the garbage")
+    for n in nodes:
+        assert n.counters.malformed >= 3 * len(junk), n.counters
+        assert n.counters.txs_refused >= 1
