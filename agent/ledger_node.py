@@ -58,7 +58,7 @@ from ledger_lite.wal import Wal, recover
 
 from . import topics
 from .blockstore import BlockStore
-from .mqtt import MqttClient
+from .mqtt import Dispatcher, Message, MqttClient
 from .topics import MessageKind
 
 __all__ = [
@@ -671,12 +671,27 @@ class LedgerNode:
 class MqttTransport:
     """The ledger's traffic over the cell's MQTT broker (agent.topics): consensus messages on
     ``cons/{node}``, txs on ``tx``, block announcements on ``block`` (retained), sync requests on
-    ``sync/req/{node}`` and answers on ``sync/resp/{requester}``."""
+    ``sync/req/{node}`` and answers on ``sync/resp/{requester}``. Received messages come through
+    the agent's ``Dispatcher`` (the client has one consumer)."""
 
-    def __init__(self, client: MqttClient) -> None:
+    def __init__(self, client: MqttClient, dispatcher: Dispatcher, *, queue_max: int = 100_000) -> None:
         self.client = client
         self.node_id = client.node_id
         self.cell = client.cell
+        self.dropped = 0
+        self._queue: asyncio.Queue[tuple[MessageKind, str, bytes]] = asyncio.Queue(maxsize=queue_max)
+        for kind in _LEDGER_KINDS:
+            dispatcher.on(kind, self._on_message)
+
+    def _on_message(self, topic: topics.Topic, msg: Message) -> None:
+        if topic.cell != self.cell:
+            return
+        if topic.kind is MessageKind.SYNC_RESPONSE and topic.node != self.node_id:
+            return
+        try:
+            self._queue.put_nowait((topic.kind, topic.node, msg.payload))
+        except asyncio.QueueFull:
+            self.dropped += 1
 
     async def subscribe(self) -> None:
         c = self.client
@@ -701,18 +716,8 @@ class MqttTransport:
         await self.client.publish(topic, payload)
 
     async def incoming(self) -> AsyncIterator[tuple[MessageKind, str, bytes]]:
-        async for msg in self.client.messages():
-            try:
-                t = topics.parse(msg.topic)
-            except topics.TopicError as err:
-                log.info("ledger: %s", err)
-                continue
-            if t.cell != self.cell:
-                continue
-            if t.kind is MessageKind.SYNC_RESPONSE and t.node != self.node_id:
-                continue
-            if t.kind in _LEDGER_KINDS:
-                yield t.kind, t.node, msg.payload
+        while True:
+            yield await self._queue.get()
 
 
 _LEDGER_KINDS: Final = frozenset(

@@ -63,6 +63,7 @@ from .config import MqttConfig
 from .health import HealthRegistry, Status
 
 __all__ = [
+    "Dispatcher",
     "Message",
     "MqttClient",
     "MqttConnectError",
@@ -687,3 +688,45 @@ class SignedInbox:
             verified = self.accept(msg)
             if verified is not None:
                 await handler(verified)
+
+
+Handler = Callable[[topics.Topic, Message], None]
+
+
+class Dispatcher:
+    """The one consumer of ``MqttClient.messages()``: parses each topic once and hands the
+    message to the handlers registered for its kind (``on(kind, handler)``), in arrival order.
+    Handlers must not block (they queue work for their own task); one that raises is logged and
+    counted, the others still run. Messages of no registered kind, or on topics outside the
+    schema, are counted, not raised."""
+
+    def __init__(self, client: MqttClient) -> None:
+        self.client = client
+        self.routes: dict[topics.MessageKind, list[Handler]] = {}
+        self.counts: dict[str, int] = {"dispatched": 0, "unrouted": 0, "bad_topic": 0, "handler_errors": 0}
+
+    def on(self, kind: topics.MessageKind, handler: Handler) -> None:
+        self.routes.setdefault(kind, []).append(handler)
+
+    def dispatch(self, msg: Message) -> None:
+        try:
+            topic = topics.parse(msg.topic)
+        except topics.TopicError as err:
+            self.counts["bad_topic"] += 1
+            log.debug("mqtt: %s", err)
+            return
+        handlers = self.routes.get(topic.kind)
+        if not handlers:
+            self.counts["unrouted"] += 1
+            return
+        self.counts["dispatched"] += 1
+        for handler in handlers:
+            try:
+                handler(topic, msg)
+            except Exception:  # noqa: BLE001 - one bad handler must not starve the others
+                self.counts["handler_errors"] += 1
+                log.exception("mqtt: handler for %s failed on %s", topic.kind, msg.topic)
+
+    async def run(self) -> None:
+        async for msg in self.client.messages():
+            self.dispatch(msg)

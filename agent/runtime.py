@@ -27,7 +27,7 @@ from .diagnostics import DiagnosticsServer
 from .fusion import Fusion
 from .health import HealthRegistry
 from .keystore import DeviceIdentity, DeviceKeyMissing, load_identity
-from .mqtt import MqttClient
+from .mqtt import Dispatcher, MqttClient
 from .outbox import AsyncOutbox, Entry, OutboxSender, SendError
 from .sdnotify import Notifier, watchdog_interval
 from .services import CameraService, CanService, GnssService, HealthService, StateService, StateSink
@@ -144,6 +144,8 @@ class Agent:
         self.attestor: Attestor | None = None
         self.outbox: AsyncOutbox | None = None
         self.mqtt: MqttClient | None = None
+        #: routes received MQTT messages by kind to the services that want them
+        self.dispatcher: Dispatcher | None = None
         self.access: AccessGate | None = None
         self.summary: SummaryService | None = None
         #: the RSU's ledger node (agent/ledger_node.py), while its service runs
@@ -254,7 +256,9 @@ class Agent:
             presence_payload=presence,
         )
         self.mqtt = client
+        self.dispatcher = Dispatcher(client)
         self.supervisor.add("mqtt", client.run, restart="always")
+        self.supervisor.add("mqtt.dispatch", self.dispatcher.run, restart="always")
         if self.outbox is not None:
 
             async def send(entry: Entry) -> None:
@@ -295,7 +299,8 @@ class Agent:
             rebroadcast=lg.rebroadcast,
             mempool_txs=lg.mempool_txs,
         )
-        identity, transport = self.identity, MqttTransport(self.mqtt)
+        assert self.dispatcher is not None
+        identity, transport = self.identity, MqttTransport(self.mqtt, self.dispatcher)
 
         async def run() -> None:
             node = LedgerNode(node_cfg, genesis, identity.key, identity.did, transport, clock=self.clock)
