@@ -31,6 +31,8 @@ __all__ = [
     "FusionConfig",
     "GnssConfig",
     "LedgerConfig",
+    "CellConfig",
+    "Pc5Config",
     "OutboxConfig",
     "MqttConfig",
     "TrustConfig",
@@ -184,6 +186,18 @@ class LedgerConfig:
 
 
 @dataclass(frozen=True)
+class Pc5Config:
+    enabled: bool = _doc(
+        "emulated C-V2X PC5 sidelink (CAM/DENM over the cell broker, radio model at the receiver)", False
+    )
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    announce: bool = _doc("RSU: announce this cell (id, area, genesis hash, broker) and admit OBUs", False)
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = _doc("runtime", None, default_factory=AgentConfig)
     can: tuple[CanBusConfig, ...] = _doc("CAN buses, one [[can]] table each", ())
@@ -195,6 +209,8 @@ class Config:
     outbox: OutboxConfig = _doc("store-and-forward outbox for attestations", None, default_factory=OutboxConfig)
     mqtt: MqttConfig = _doc("MQTT 5 broker connection (cell network)", None, default_factory=MqttConfig)
     ledger: LedgerConfig = _doc("the cell ledger (RSU)", None, default_factory=LedgerConfig)
+    pc5: Pc5Config = _doc("V2V sidelink emulation (OBU)", None, default_factory=Pc5Config)
+    cell: CellConfig = _doc("cell announcement, admission and handover", None, default_factory=CellConfig)
 
 
 def load_config(
