@@ -7,6 +7,7 @@ Every topic the agent publishes or subscribes to is built and parsed here::
     acc/v1/cell/{cell}/block                 BLOCK         the newest committed block (retained)
     acc/v1/cell/{cell}/sync/req/{node}       SYNC_REQUEST  {node} asks for blocks it is missing
     acc/v1/cell/{cell}/sync/resp/{node}      SYNC_RESPONSE answers addressed to {node}
+    acc/v1/cell/{cell}/receipt/{tag}         RECEIPT       ledger receipts for the issuer with this tag
     acc/v1/cell/{cell}/fl/model              FL_MODEL      the cell's current global model (retained)
     acc/v1/cell/{cell}/fl/{node}             FL_UPDATE     {node}'s federated-learning update
     acc/v1/cell/{cell}/presence/{node}       PRESENCE      online / offline (retained; last will)
@@ -22,6 +23,7 @@ signature, not the topic, says who sent a message (``agent.mqtt.SignedInbox``).
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -44,6 +46,8 @@ __all__ = [
     "parse",
     "pc5",
     "presence",
+    "receipt",
+    "issuer_tag",
     "sync_request",
     "sync_response",
     "tx",
@@ -63,6 +67,7 @@ class MessageKind(enum.StrEnum):
     BLOCK = "block"
     SYNC_REQUEST = "sync/req"
     SYNC_RESPONSE = "sync/resp"
+    RECEIPT = "receipt"
     FL_MODEL = "fl/model"
     FL_UPDATE = "fl"
     PRESENCE = "presence"
@@ -92,6 +97,7 @@ POLICY: Final[dict[MessageKind, Policy]] = {
     MessageKind.BLOCK: Policy(qos=1, retain=True, offline="queue", expiry=None),
     MessageKind.SYNC_REQUEST: Policy(qos=1, retain=False, offline="queue", expiry=60),
     MessageKind.SYNC_RESPONSE: Policy(qos=1, retain=False, offline="queue", expiry=60),
+    MessageKind.RECEIPT: Policy(qos=1, retain=False, offline="queue", expiry=600),
     MessageKind.FL_MODEL: Policy(qos=1, retain=True, offline="queue", expiry=None),
     MessageKind.FL_UPDATE: Policy(qos=1, retain=False, offline="queue", expiry=3600),
     # presence is published on every (re)connect and by the broker as the last will
@@ -106,6 +112,7 @@ _PER_NODE: Final = frozenset(
         MessageKind.CONSENSUS,
         MessageKind.SYNC_REQUEST,
         MessageKind.SYNC_RESPONSE,
+        MessageKind.RECEIPT,
         MessageKind.FL_UPDATE,
         MessageKind.PRESENCE,
         MessageKind.ADMISSION,
@@ -172,6 +179,15 @@ def sync_request(cell: str, node: str) -> Topic:
 
 def sync_response(cell: str, node: str) -> Topic:
     return Topic(MessageKind.SYNC_RESPONSE, cell, node)
+
+
+def receipt(cell: str, tag: str) -> Topic:
+    return Topic(MessageKind.RECEIPT, cell, tag)
+
+
+def issuer_tag(did: str) -> str:
+    """The receipt topic's id for an issuer DID (a DID is no topic id): 32 hex digits of SHA-256."""
+    return hashlib.sha256(did.encode()).hexdigest()[:32]
 
 
 def fl_model(cell: str) -> Topic:

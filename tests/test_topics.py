@@ -11,7 +11,14 @@ from agent import topics
 from agent.topics import POLICY, MessageKind, Topic, TopicError
 
 ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True)
-BUILDERS_NODE = [topics.consensus, topics.sync_request, topics.sync_response, topics.fl_update, topics.presence]
+BUILDERS_NODE = [
+    topics.consensus,
+    topics.sync_request,
+    topics.sync_response,
+    topics.receipt,
+    topics.fl_update,
+    topics.presence,
+]
 BUILDERS_NODE.append(topics.admission)
 BUILDERS_CELL = [topics.tx, topics.block, topics.fl_model, topics.pc5]
 
@@ -22,6 +29,8 @@ def test_paths_follow_the_design() -> None:
     assert topics.block("c1").path == "acc/v1/cell/c1/block"
     assert topics.sync_request("c1", "n").path == "acc/v1/cell/c1/sync/req/n"
     assert topics.sync_response("c1", "n").path == "acc/v1/cell/c1/sync/resp/n"
+    tag = topics.issuer_tag("did:key:z6MkExample")
+    assert topics.receipt("c1", tag).path == f"acc/v1/cell/c1/receipt/{tag}" and len(tag) == 32
     assert topics.fl_model("c1").path == "acc/v1/cell/c1/fl/model"
     assert topics.fl_update("c1", "n").path == "acc/v1/cell/c1/fl/n"
     assert topics.presence("c1", "n").path == "acc/v1/cell/c1/presence/n"
