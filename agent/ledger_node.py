@@ -48,17 +48,19 @@ from hal.interfaces import Clock
 from ledger_lite import cbor, wire
 from ledger_lite import consensus as C
 from ledger_lite.app import LedgerApp
-from ledger_lite.block import Block, CommitCertificate, Header, block_value_id
+from ledger_lite.block import Block, CommitCertificate, Header, block_value_id, tx_receipt
 from ledger_lite.errors import GenesisError, LedgerError, MalformedError
 from ledger_lite.genesis import Genesis
 from ledger_lite.keys import SigningKey
 from ledger_lite.mempool import AddResult, AddStatus, Mempool
+from ledger_lite.merkle import MerkleTree
 from ledger_lite.validators import Validator, ValidatorSet
 from ledger_lite.wal import Wal, recover
 
 from . import topics
 from .blockstore import BlockStore
 from .mqtt import Dispatcher, Message, MqttClient
+from .receipts import encode_receipts
 from .topics import MessageKind
 
 __all__ = [
@@ -75,8 +77,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: blocks sent per sync answer
+#: blocks sent per sync answer, headers per light-client answer
 SYNC_BATCH: Final = 16
+HEADER_BATCH: Final = 128
 #: inputs waiting for the consensus task; more are dropped (peers re-send)
 _QUEUE_MAX: Final = 20_000
 #: block validity results kept (consensus asks ``is_valid`` again for every rule evaluation)
@@ -170,6 +173,8 @@ class _Counters:
     sync_requests: int = 0
     sync_rejected: int = 0
     rebroadcasts: int = 0
+    receipts_sent: int = 0
+    resent_committed: int = 0
     dropped_inputs: int = 0
     wal_torn_bytes: int = 0
 
@@ -211,6 +216,7 @@ class LedgerNode:
         self.state: C.NodeState = C.initial_state(self.params)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._side_tasks: set[asyncio.Task[None]] = set()
+        self._receipt_again: OrderedDict[bytes, float] = OrderedDict()
         self._timers: set[asyncio.TimerHandle] = set()
         self._valid: OrderedDict[bytes, bool] = OrderedDict()
         self._decoded: OrderedDict[bytes, Block] = OrderedDict()
@@ -477,6 +483,8 @@ class LedgerNode:
         for fn in self.commit_listeners:
             fn(block, cert)
         await self.transport.send(MessageKind.BLOCK, self._announcement(block.header, cert))
+        if block.header.proposer == self.did:
+            await self._publish_receipts(block)
 
     # --- network --------------------------------------------------------------------------------
 
@@ -484,9 +492,51 @@ class LedgerNode:
         res = self.mempool.add(tx)
         if res.status is AddStatus.ADDED:
             self.counters.txs_added += 1
+        elif res.status is AddStatus.COMMITTED:
+            # a resend: the sender has no receipt yet (lost, or the proposer died before sending it)
+            self.counters.resent_committed += 1
+            self._spawn(self._send_receipt_again(tx), "receipt for a resent tx")
         elif res.status is not AddStatus.DUPLICATE:
             self.counters.txs_refused += 1
         return res
+
+    async def _publish_receipts(self, block: Block) -> None:
+        """Receipts for the attestations of a block we proposed, one message per issuer."""
+        by_issuer: dict[str, dict[bytes, int]] = {}
+        for i, tx in enumerate(block.txs):
+            issuer = self.app.attestation_issuer(tx)
+            if issuer is not None:
+                by_issuer.setdefault(issuer, {})[hashlib.sha256(tx).digest()] = i
+        if not by_issuer:
+            return
+        tree = MerkleTree(block.txs)
+        for issuer, wanted in by_issuer.items():
+            items = [(aid, tree.prove(i)) for aid, i in wanted.items()]
+            await self.transport.send(
+                MessageKind.RECEIPT, encode_receipts(block.height, items), to=topics.issuer_tag(issuer)
+            )
+            self.counters.receipts_sent += len(items)
+
+    async def _send_receipt_again(self, tx: bytes) -> None:
+        aid = hashlib.sha256(tx).digest()
+        now = self.clock.monotonic()
+        if now - self._receipt_again.get(aid, -1e9) < 5.0:
+            return
+        self._receipt_again[aid] = now
+        while len(self._receipt_again) > 10_000:
+            self._receipt_again.popitem(last=False)
+        where = self.app.receipt_location(aid)
+        issuer = self.app.attestation_issuer(tx)
+        if where is None or issuer is None:
+            return
+        block, _ = await self.stored(where[0])
+        if block is None:
+            return
+        _, proof = tx_receipt(block, where[1])
+        await self.transport.send(
+            MessageKind.RECEIPT, encode_receipts(block.height, [(aid, proof)]), to=topics.issuer_tag(issuer)
+        )
+        self.counters.receipts_sent += 1
 
     async def _receive_loop(self) -> None:
         async for kind, sender, payload in self.transport.incoming():
@@ -578,9 +628,22 @@ class LedgerNode:
 
     async def _answer_sync(self, requester: str, payload: bytes) -> None:
         item = cbor.loads(payload)
-        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, int) and x >= 1 for x in item)):
-            raise MalformedError("sync request: expected [from: uint, to: uint]")
+        headers = isinstance(item, list) and len(item) == 3 and item[2] == "headers"
+        if headers:
+            item = item[:2]
+        if not (isinstance(item, list) and len(item) == 2 and all(type(x) is int and x >= 1 for x in item)):
+            raise MalformedError('sync request: expected [from: uint, to: uint] or [from, to, "headers"]')
         lo, hi = item
+        if headers:  # a light client: announcements (header, certificate, next set) only
+            hi = min(hi, self.height, lo + HEADER_BATCH - 1)
+            for h in range(lo, hi + 1):
+                block, cert = await self.stored(h)
+                if block is None or cert is None:
+                    break
+                await self.transport.send(
+                    MessageKind.SYNC_RESPONSE, self._announcement(block.header, cert), to=requester
+                )
+            return
         hi = min(hi, self.height, lo + SYNC_BATCH - 1)
         for h in range(lo, hi + 1):
             block = await self._io(self.store.get, h)
@@ -674,13 +737,24 @@ class MqttTransport:
     ``sync/req/{node}`` and answers on ``sync/resp/{requester}``. Received messages come through
     the agent's ``Dispatcher`` (the client has one consumer)."""
 
-    def __init__(self, client: MqttClient, dispatcher: Dispatcher, *, queue_max: int = 100_000) -> None:
+    def __init__(
+        self,
+        client: MqttClient,
+        dispatcher: Dispatcher,
+        *,
+        queue_max: int = 100_000,
+        receipt_tag: str | None = None,
+    ) -> None:
+        """An RSU's transport; with ``receipt_tag`` an OBU's (light client): block announcements,
+        answers to its header requests and receipts for its issuer tag only."""
         self.client = client
         self.node_id = client.node_id
         self.cell = client.cell
+        self.receipt_tag = receipt_tag
         self.dropped = 0
         self._queue: asyncio.Queue[tuple[MessageKind, str, bytes]] = asyncio.Queue(maxsize=queue_max)
-        for kind in _LEDGER_KINDS:
+        self.kinds = _LEDGER_KINDS if receipt_tag is None else _LIGHT_KINDS
+        for kind in self.kinds:
             dispatcher.on(kind, self._on_message)
 
     def _on_message(self, topic: topics.Topic, msg: Message) -> None:
@@ -688,16 +762,22 @@ class MqttTransport:
             return
         if topic.kind is MessageKind.SYNC_RESPONSE and topic.node != self.node_id:
             return
+        if topic.kind is MessageKind.RECEIPT and topic.node != self.receipt_tag:
+            return
         try:
             self._queue.put_nowait((topic.kind, topic.node, msg.payload))
         except asyncio.QueueFull:
             self.dropped += 1
 
     async def subscribe(self) -> None:
-        c = self.client
-        for kind in (MessageKind.TX, MessageKind.CONSENSUS, MessageKind.BLOCK, MessageKind.SYNC_REQUEST):
-            await c.subscribe(topics.kind_filter(kind, self.cell))
-        await c.subscribe(topics.sync_response(self.cell, self.node_id).path)
+        c, cell = self.client, self.cell
+        if self.receipt_tag is not None:
+            await c.subscribe(topics.block(cell).path)
+            await c.subscribe(topics.receipt(cell, self.receipt_tag).path)
+        else:
+            for kind in (MessageKind.TX, MessageKind.CONSENSUS, MessageKind.BLOCK, MessageKind.SYNC_REQUEST):
+                await c.subscribe(topics.kind_filter(kind, cell))
+        await c.subscribe(topics.sync_response(cell, self.node_id).path)
 
     async def send(self, kind: MessageKind, payload: bytes, *, to: str | None = None) -> None:
         cell, me = self.cell, self.node_id
@@ -711,6 +791,8 @@ class MqttTransport:
             topic = topics.sync_request(cell, me)
         elif kind is MessageKind.SYNC_RESPONSE and to is not None:
             topic = topics.sync_response(cell, to)
+        elif kind is MessageKind.RECEIPT and to is not None:
+            topic = topics.receipt(cell, to)
         else:
             raise ValueError(f"the ledger does not send {kind} (to={to})")
         await self.client.publish(topic, payload)
@@ -723,6 +805,7 @@ class MqttTransport:
 _LEDGER_KINDS: Final = frozenset(
     {MessageKind.TX, MessageKind.CONSENSUS, MessageKind.BLOCK, MessageKind.SYNC_REQUEST, MessageKind.SYNC_RESPONSE}
 )
+_LIGHT_KINDS: Final = frozenset({MessageKind.BLOCK, MessageKind.SYNC_RESPONSE, MessageKind.RECEIPT})
 
 
 class LocalHub:
@@ -732,17 +815,21 @@ class LocalHub:
 
     def __init__(self) -> None:
         self.queues: dict[str, asyncio.Queue[tuple[MessageKind, str, bytes]]] = {}
+        self.aliases: dict[str, set[str]] = {}
         self.cut_off: set[str] = set()
 
-    def attach(self, node_id: str) -> LocalTransport:
+    def attach(self, node_id: str, *, aliases: tuple[str, ...] = ()) -> LocalTransport:
+        """A node's transport; messages addressed to ``node_id`` or one of ``aliases`` (e.g. an
+        OBU's receipt tag) reach it."""
         self.queues[node_id] = asyncio.Queue()
+        self.aliases[node_id] = {node_id, *aliases}
         return LocalTransport(self, node_id)
 
     def deliver(self, kind: MessageKind, sender: str, payload: bytes, to: str | None) -> None:
         if sender in self.cut_off:
             return
         for node, q in self.queues.items():
-            if node in self.cut_off or (to is not None and node != to):
+            if node in self.cut_off or (to is not None and to not in self.aliases[node]):
                 continue
             q.put_nowait((kind, sender, payload))
 

@@ -35,6 +35,7 @@ from .supervisor import Supervisor
 
 if TYPE_CHECKING:
     from .ledger_node import LedgerNode
+    from .receipts import ReceiptService
 
 __all__ = ["Agent", "build_camera", "build_can_port", "build_decoders", "build_gnss"]
 
@@ -150,6 +151,8 @@ class Agent:
         self.summary: SummaryService | None = None
         #: the RSU's ledger node (agent/ledger_node.py), while its service runs
         self.ledger: LedgerNode | None = None
+        #: an OBU's light client + receipt verification (agent/receipts.py)
+        self.receipts: ReceiptService | None = None
         self.started_mono = 0.0
         self._stop: asyncio.Event | None = None
         #: set once run() has built every service (tests and embedders wait on it)
@@ -271,10 +274,13 @@ class Agent:
     def _build_ledger(self) -> None:
         """The RSU's ledger node over the cell broker, as the service ``ledger``."""
         cfg = self.config
-        if cfg.agent.role != "rsu" or not cfg.ledger.enabled:
+        if not cfg.ledger.enabled:
             return
         if self.identity is None or self.mqtt is None:
             self.health.failed("ledger", "needs a device key (acc keys init) and mqtt.enabled")
+            return
+        if cfg.agent.role == "obu":
+            self._build_receipts()
             return
         from ledger_lite import consensus
         from ledger_lite.errors import LedgerError
@@ -316,9 +322,47 @@ class Agent:
 
         self.supervisor.add("ledger", run)
 
+    def _build_receipts(self) -> None:
+        """An OBU: the cell's light client, verifying receipts that retire outbox entries."""
+        from ledger_lite.errors import LedgerError
+        from ledger_lite.genesis import Genesis
+
+        from .ledger_node import MqttTransport
+        from .receipts import ReceiptService
+        from .topics import issuer_tag
+
+        cfg = self.config
+        if self.outbox is None or self.identity is None or self.mqtt is None or self.dispatcher is None:
+            self.health.degraded("ledger", "receipts need the outbox (attest.enabled and a device key)")
+            return
+        try:
+            genesis = Genesis.from_json(Path(cfg.ledger.genesis_file).read_bytes())
+        except (OSError, LedgerError) as err:
+            raise ConfigError([f"ledger.genesis_file: {err}"], cfg.ledger.genesis_file) from err
+        transport = MqttTransport(self.mqtt, self.dispatcher, receipt_tag=issuer_tag(self.identity.did))
+        service = ReceiptService(
+            cell=self.mqtt.cell,
+            genesis=genesis,
+            outbox=self.outbox,
+            transport=transport,
+            clock=self.clock,
+            health=self.health,
+            state_dir=Path(cfg.agent.data_dir) / "ledger",
+        )
+        self.receipts = service
+
+        async def run() -> None:
+            await transport.subscribe()
+            await service.run()
+
+        self.supervisor.add("receipts", run)
+
     def ledger_status(self) -> dict[str, Any] | None:
-        """Diagnostics command ``ledger``: height, last block, peers, validators, sync state."""
-        return None if self.ledger is None else self.ledger.status()
+        """Diagnostics command ``ledger``: an RSU's node (height, last block, peers, validators,
+        sync state) or an OBU's light client and receipts."""
+        if self.ledger is not None:
+            return self.ledger.status()
+        return None if self.receipts is None else {"role": "obu", **self.receipts.status()}
 
     def _build_attestor(self) -> None:
         cfg = self.config

@@ -402,6 +402,18 @@ class LedgerApp:
         """(height, index in the block) of a committed transaction, None if not on the ledger."""
         return self._index.get(tx_id)
 
+    def attestation_issuer(self, tx: bytes) -> str | None:
+        """The issuer of an attestation tx (from the decode cache when it is there; no signature
+        check), None for other kinds or garbage -- for routing receipts, not for trust."""
+        hit = self._cache.get(tx_id(tx))
+        if hit is not None:
+            return hit.signer if hit.kind is TxKind.ATTESTATION else None
+        try:
+            c = self._decode_new(tx, tx_id(tx), verify=False)
+        except LedgerError:
+            return None
+        return c.signer if c.kind is TxKind.ATTESTATION else None
+
     def is_revoked(self, *, cti: bytes | None = None, did: str | None = None) -> bool:
         return (cti is not None and self._credentials.cti_revoked(cti)) or (
             did is not None and self._credentials.did_revoked(did)

@@ -6,25 +6,18 @@ Each node is asked through its diagnostics socket (the same command ``acc ledger
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 
 from agent.blockstore import BlockStore
-from agent.diagnostics import DiagError, query
-from agent.keystore import ensure_device_key
 from ledger_lite.attestation import AttestationBuilder, TimeSource, attestation_id
 from ledger_lite.didkey import did_key
 from ledger_lite.keys import SigningKey
+from tests.integration.cell import Rsu, heights, wait_for, write_genesis
 from tests.mqtt_broker import Broker
 from tools.acc import main as acc_main
 
@@ -42,97 +35,6 @@ EVENT = {
 }
 
 pytestmark = pytest.mark.timeout(240)
-
-
-class Rsu:
-    def __init__(self, root: Path, i: int, port: int, genesis: Path) -> None:
-        self.name = f"rsu{i}"
-        self.dir = root / self.name
-        self.sock = self.dir / "diag.sock"
-        self.did = ensure_device_key(self.dir).did
-        self.conf = self.dir / "agent.toml"
-        self.port = port
-        self.genesis = genesis
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = self.dir / "agent.log"
-
-    def write_config(self) -> None:
-        self.conf.write_text(
-            f"""
-[agent]
-role = "rsu"
-node_id = "{self.name}"
-data_dir = "{self.dir}"
-diag_socket = "{self.sock}"
-log_level = "info"
-watchdog = false
-[attest]
-enabled = false
-[mqtt]
-enabled = true
-port = {self.port}
-cell = "{CELL}"
-backoff_max = 1.0
-max_payload = 2097152
-[ledger]
-enabled = true
-genesis_file = "{self.genesis}"
-block_interval = 0.2
-timeout_propose = 1.0
-timeout_vote = 0.5
-rebroadcast = 1.0
-"""
-        )
-
-    def start(self) -> None:
-        self.sock.unlink(missing_ok=True)
-        out = open(self.log, "ab")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.main", "--config", str(self.conf)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
-
-    def status(self) -> dict[str, Any] | None:
-        try:
-            return query(self.sock, "ledger", timeout=2.0)  # type: ignore[no-any-return]
-        except (DiagError, OSError):
-            return None
-
-
-def wait_for(pred, timeout: float, what: str, rsus: list[Rsu]) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    logs = "\n".join(f"--- {r.name}\n{r.log.read_text()[-3000:]}" for r in rsus if r.log.exists())
-    pytest.fail(f"timed out waiting for {what}; statuses: {[r.status() for r in rsus]}\n{logs}")
-
-
-def heights(rsus: list[Rsu]) -> dict[str, int]:
-    out = {}
-    for r in rsus:
-        st = r.status() if r.proc is not None else None
-        if st is not None:
-            out[r.name] = st["height"]
-    return out
 
 
 def publish(port: int, txs: list[bytes]) -> None:
@@ -158,16 +60,9 @@ def obu_attestations(n_obus: int, per_obu: int, seed: int) -> list[bytes]:
 
 
 def test_four_rsu_processes_commit_survive_kill_and_proposer_loss(tmp_path: Path, mosquitto: Broker) -> None:
-    authority = SigningKey.from_private_bytes("Ed25519", b"\x42" * 32)
     genesis_path = tmp_path / "genesis.json"
-    rsus = [Rsu(tmp_path, i, mosquitto.port, genesis_path) for i in range(N)]
-    genesis = {
-        "chain_id": CELL,
-        "genesis_time_ms": int(time.time() * 1000) - 1000,
-        "validators": [{"did": r.did, "power": 1} for r in rsus],
-        "authorities": {did_key(authority.public): ["road_authority"]},
-    }
-    genesis_path.write_text(json.dumps(genesis))
+    rsus = [Rsu(tmp_path, i, mosquitto.port, genesis_path, CELL) for i in range(N)]
+    write_genesis(genesis_path, rsus, CELL)
     by_did = {r.did: r for r in rsus}
     try:
         for r in rsus:
