@@ -39,8 +39,8 @@ from ledger_lite.attestation import AttestationBuilder, TimeSource, attestation_
 from ledger_lite.didkey import did_key
 from ledger_lite.genesis import Genesis
 from ledger_lite.keys import SigningKey
-from tools.bench.ledger_tps import CELL, DTC, Rsu, start_broker
-from tools.bench.mqtt_publish import aiomqtt_rate, bare_paho
+from tools.bench.ledger_tps import CELL, DTC, Rsu
+from tools.bench.mqtt_publish import aiomqtt_rate, bare_paho, start_broker
 
 
 class Obu:
