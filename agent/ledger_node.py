@@ -59,7 +59,7 @@ from ledger_lite.wal import Wal, recover
 
 from . import topics
 from .blockstore import BlockStore
-from .mqtt import Dispatcher, Message, MqttClient
+from .mqtt import Dispatcher, Message, MqttClient, PeerRejects
 from .receipts import encode_receipts
 from .topics import MessageKind
 
@@ -217,6 +217,7 @@ class LedgerNode:
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._receipt_again: OrderedDict[bytes, float] = OrderedDict()
+        self.rejects: dict[str, PeerRejects] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._valid: OrderedDict[bytes, bool] = OrderedDict()
         self._decoded: OrderedDict[bytes, Block] = OrderedDict()
@@ -498,7 +499,23 @@ class LedgerNode:
             self._spawn(self._send_receipt_again(tx), "receipt for a resent tx")
         elif res.status is not AddStatus.DUPLICATE:
             self.counters.txs_refused += 1
+            self._reject("tx", f"tx {res.status}", res.reason)
         return res
+
+    def _reject(self, peer: str, reason: str, detail: str) -> None:
+        if peer not in self.rejects and len(self.rejects) >= 256:
+            peer = "other"
+        entry = self.rejects.setdefault(peer, PeerRejects())
+        entry.total += 1
+        entry.reasons[reason] = entry.reasons.get(reason, 0) + 1
+        entry.last = detail[:200]
+
+    def rejects_status(self) -> dict[str, dict[str, Any]]:
+        """Rejected ledger messages per peer (``node:<id>``, or ``tx`` for the shared tx topic)."""
+        return {
+            f"ledger {peer}": {"total": r.total, "reasons": dict(r.reasons), "last": r.last}
+            for peer, r in sorted(self.rejects.items())
+        }
 
     async def _publish_receipts(self, block: Block) -> None:
         """Receipts for the attestations of a block we proposed, one message per issuer."""
@@ -545,6 +562,7 @@ class LedgerNode:
                 self._on_message(kind, sender, payload)
             except LedgerError as err:
                 self.counters.malformed += 1
+                self._reject(f"node:{sender}" if sender else str(kind), f"malformed {kind}", str(err))
                 log.info("ledger: %s message from %s refused: %s", kind, sender, err)
 
     def _on_message(self, kind: MessageKind, sender: str, payload: bytes) -> None:

@@ -64,6 +64,8 @@ from .health import HealthRegistry, Status
 
 __all__ = [
     "Dispatcher",
+    "Peer",
+    "PresenceTracker",
     "Message",
     "MqttClient",
     "MqttConnectError",
@@ -113,6 +115,7 @@ class _Out:
     topic: str
     payload: bytes
     policy: topics.Policy
+    sent_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -127,6 +130,9 @@ class _Stats:
     connects: int = 0
     reconnects: int = 0
     connect_failures: int = 0
+    #: QoS 1 publish -> PUBACK round trip to the broker, seconds: last and moving average
+    rtt_last: float | None = None
+    rtt_avg: float | None = None
 
 
 def presence_signer(key: SigningKey, kid: str, node: str, now: Callable[[], float]) -> Callable[[str], bytes]:
@@ -214,6 +220,8 @@ class MqttClient:
             "queue_depth": self._queue.qsize() + len(self._retry),
             "inflight": len(self._pending),
             "connected": self.connected,
+            "rtt_ms": None if s.rtt_last is None else round(s.rtt_last * 1000, 2),
+            "rtt_avg_ms": None if s.rtt_avg is None else round(s.rtt_avg * 1000, 2),
         }
 
     async def publish(self, topic: topics.Topic, payload: bytes) -> bool:
@@ -238,6 +246,12 @@ class MqttClient:
             return False
         self._stats.enqueued += 1
         return True
+
+    def want(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe at the next connect (and every reconnect after); for use before ``run()``."""
+        if not topic_filter.startswith(topics.PREFIX + "/") or not 0 <= qos <= 2:
+            raise ValueError(f"subscription {topic_filter!r} (qos {qos}) is outside {topics.PREFIX}/")
+        self._subs[topic_filter] = qos
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now (waiting for the SUBACK when connected) and after every reconnect."""
@@ -484,6 +498,7 @@ class MqttClient:
         props = None if out.policy.expiry is None else _expiry_properties(out.policy.expiry)
         info = client.publish(out.topic, out.payload, out.policy.qos, out.policy.retain, props)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            out.sent_at = self._clock.monotonic()
             self._pending[info.mid] = out
             log.log(TRACE, "mqtt: publish mid %d %s (%d bytes)", info.mid, out.topic, len(out.payload))
         elif out.policy.qos > 0:
@@ -500,6 +515,11 @@ class MqttClient:
             log.warning("mqtt: broker refused publish to %s: %s", out.topic, rc)
         else:
             self._stats.published += 1
+            if out.policy.qos > 0 and out.sent_at:
+                rtt = self._clock.monotonic() - out.sent_at
+                st = self._stats
+                st.rtt_last = rtt
+                st.rtt_avg = rtt if st.rtt_avg is None else 0.9 * st.rtt_avg + 0.1 * rtt
         self._window.set()
 
     def _on_message(self, c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
@@ -672,6 +692,10 @@ class SignedInbox:
         self.accepted += 1
         return Verified(topic, kid, sign1.payload or b"", msg.payload)
 
+    def count_reject(self, peer: str, reason: str, detail: str) -> None:
+        """Count a message from ``peer`` refused after verification (e.g. a bad signed body)."""
+        self._count(peer, reason, detail)
+
     def _count(self, peer: str, reason: str, detail: str) -> None:
         self.rejected += 1
         if peer not in self.rejects and len(self.rejects) >= self._max_peers:
@@ -730,3 +754,69 @@ class Dispatcher:
     async def run(self) -> None:
         async for msg in self.client.messages():
             self.dispatch(msg)
+
+
+@dataclass(slots=True)
+class Peer:
+    state: str
+    did: str
+    last_seen: float  # monotonic
+    said_at: float  # the peer's own clock, UTC seconds
+
+
+class PresenceTracker:
+    """Peers of the cell seen through their signed presence messages (``presence/{node}``,
+    retained, the broker's last will when a node drops): node -> state, DID, when. Unsigned or
+    forged presence is rejected by a ``SignedInbox`` (counted per peer); a presence must be
+    signed by a did:key and name the node of its topic, and a node id stays pinned to the DID
+    first seen for it (a restart of this agent forgets the pins: trust on first use)."""
+
+    def __init__(self, cell: str, clock: Clock, *, max_peers: int = 1024) -> None:
+        self.cell = cell
+        self.clock = clock
+        self.max_peers = max_peers
+        self.peers: dict[str, Peer] = {}
+        self.inbox = SignedInbox()
+
+    def register(self, dispatcher: Dispatcher) -> None:
+        dispatcher.on(topics.MessageKind.PRESENCE, self.on_message)
+
+    def want(self, client: MqttClient) -> None:
+        client.want(topics.kind_filter(topics.MessageKind.PRESENCE, self.cell))
+
+    def on_message(self, topic: topics.Topic, msg: Message) -> None:
+        if topic.cell != self.cell or not msg.payload:
+            return  # an empty retained message clears a topic
+        verified = self.inbox.accept(msg)
+        if verified is None:
+            return
+        try:
+            body = cbor.loads(verified.payload)
+            if not isinstance(body, dict) or body.get("node") != topic.node or not isinstance(body.get("state"), str):
+                raise MalformedError("presence: expected {node: <topic node>, state: tstr, t: uint}")
+            said = body.get("t")
+            said_at = said / 1000.0 if isinstance(said, int) else 0.0
+        except MalformedError as err:
+            self.inbox.count_reject(f"node:{topic.node}", "malformed", str(err))
+            return
+        did = verified.kid.partition("#")[0]
+        known = self.peers.get(topic.node)
+        if known is not None and known.did != did:  # first seen wins: a node id is pinned to its DID
+            self.inbox.count_reject(f"node:{topic.node}", "did-changed", f"{topic.node} was {known.did}, now {did}")
+            return
+        if known is None and len(self.peers) >= self.max_peers:
+            return
+        self.peers[topic.node] = Peer(body["state"], did, self.clock.monotonic(), said_at)
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.monotonic()
+        return {
+            "peers": {
+                node: {"state": p.state, "did": p.did, "seen_s_ago": round(now - p.last_seen, 1)}
+                for node, p in sorted(self.peers.items())
+            },
+            "rejects": {
+                peer: {"total": r.total, "reasons": dict(r.reasons), "last": r.last}
+                for peer, r in sorted(self.inbox.rejects.items())
+            },
+        }

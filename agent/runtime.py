@@ -27,7 +27,7 @@ from .diagnostics import DiagnosticsServer
 from .fusion import Fusion
 from .health import HealthRegistry
 from .keystore import DeviceIdentity, DeviceKeyMissing, load_identity
-from .mqtt import Dispatcher, MqttClient
+from .mqtt import Dispatcher, MqttClient, PresenceTracker
 from .outbox import AsyncOutbox, Entry, OutboxSender, SendError
 from .sdnotify import Notifier, watchdog_interval
 from .services import CameraService, CanService, GnssService, HealthService, StateService, StateSink
@@ -147,6 +147,8 @@ class Agent:
         self.mqtt: MqttClient | None = None
         #: routes received MQTT messages by kind to the services that want them
         self.dispatcher: Dispatcher | None = None
+        #: the cell's peers by their signed presence, and what was rejected per peer
+        self.presence: PresenceTracker | None = None
         self.access: AccessGate | None = None
         self.summary: SummaryService | None = None
         #: the RSU's ledger node (agent/ledger_node.py), while its service runs
@@ -260,6 +262,9 @@ class Agent:
         )
         self.mqtt = client
         self.dispatcher = Dispatcher(client)
+        self.presence = PresenceTracker(client.cell, self.clock)
+        self.presence.register(self.dispatcher)
+        self.presence.want(client)
         self.supervisor.add("mqtt", client.run, restart="always")
         self.supervisor.add("mqtt.dispatch", self.dispatcher.run, restart="always")
         if self.outbox is not None:
@@ -436,6 +441,12 @@ class Agent:
         }
         if self.mqtt is not None:
             out["mqtt"] = {**self.mqtt.stats(), "last_error": str(self.mqtt.last_error or "")}
+        if self.presence is not None:
+            seen = self.presence.status()
+            out["peers"] = seen["peers"]
+            out["rejects"] = seen["rejects"]
+            if self.ledger is not None:
+                out["rejects"].update(self.ledger.rejects_status())
         if self.outbox is not None:
             st = await self.outbox.stats()
             out["outbox"] = {

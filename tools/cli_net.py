@@ -16,7 +16,7 @@ from tools.cli_status import ask_agent
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "net",
-        help="broker connection, message counters, outbox depth",
+        help="broker connection and RTT, peers seen, rejected messages per peer, outbox depth",
         description="Ask the running agent about its cell network. Exit status: 0 connected (or MQTT "
         "disabled) with nothing refused, 1 disconnected or outbox trouble, 69 no agent reachable.",
     )
@@ -54,6 +54,21 @@ def render(net: dict[str, Any]) -> str:
             f"{mqtt.get('dropped', 0)} dropped, queue {mqtt.get('queue_depth', 0)}, in flight {mqtt.get('inflight', 0)}"
         )
         lines.append(f"sessions  {mqtt.get('connects', 0)} connects, {mqtt.get('reconnects', 0)} reconnects")
+        if mqtt.get("rtt_ms") is not None:
+            lines.append(
+                f"rtt       {mqtt['rtt_ms']} ms to the broker (publish -> ack; average {mqtt['rtt_avg_ms']} ms)"
+            )
+    peers = net.get("peers")
+    if peers is not None:
+        lines.append(f"peers     {len(peers)} seen in the cell")
+        for node, p in peers.items():
+            lines.append(f"  {node:<16} {p['state']:<8} {p['seen_s_ago']:>7.1f} s ago  {p['did'][:32]}...")
+    rejects = net.get("rejects") or {}
+    if rejects:
+        lines.append(f"rejected  {sum(r['total'] for r in rejects.values())} message(s)")
+        for peer, r in rejects.items():
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items()))
+            lines.append(f"  {peer[:40]:<40} {r['total']:>6}  ({reasons}); last: {r['last'][:80]}")
     ob = net.get("outbox")
     if ob is None:
         lines.append("outbox    none (no device identity)")

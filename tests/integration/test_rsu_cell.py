@@ -14,6 +14,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from agent.blockstore import BlockStore
+from agent.diagnostics import query
 from ledger_lite.attestation import AttestationBuilder, TimeSource, attestation_id
 from ledger_lite.didkey import did_key
 from ledger_lite.keys import SigningKey
@@ -45,6 +46,17 @@ def publish(port: int, txs: list[bytes]) -> None:
         infos = [client.publish(f"acc/v1/cell/{CELL}/tx", tx, qos=1) for tx in txs]
         for info in infos:
             info.wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def publish_to(port: int, topic: str, payload: bytes) -> None:
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="rogue", protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1).wait_for_publish(10)
     finally:
         client.loop_stop()
         client.disconnect()
@@ -82,6 +94,25 @@ def test_four_rsu_processes_commit_survive_kill_and_proposer_loss(tmp_path: Path
         st0 = rsus[0].status()
         assert st0 is not None and st0["txs_refused"] == 0
         assert acc_main(["ledger", "status", "--socket", str(rsus[0].sock)]) == 0  # the technician's view
+
+        # a rogue client publishes garbage and forgeries: counted per peer, the cell goes on
+        rogue = [
+            (f"acc/v1/cell/{CELL}/tx", b"\x00garbage"),
+            (f"acc/v1/cell/{CELL}/cons/rogue", b"\xa1\x01\x02"),
+            (f"acc/v1/cell/{CELL}/block", b"not a block"),
+            (f"acc/v1/cell/{CELL}/presence/rsu9", b"unsigned presence"),
+            (f"acc/v1/cell/{CELL}/presence/rsu1", txs[0]),  # signed, but by an OBU, not a presence of rsu1
+        ]
+        for topic, payload in rogue:
+            publish_to(mosquitto.port, topic, payload)
+        top = max(heights(rsus).values())
+        wait_for(lambda: min(heights(rsus).values()) >= top + 2, 30, "commits after the garbage", rsus)
+        net = query(rsus[0].sock, "net")
+        assert net["mqtt"]["rtt_ms"] is not None
+        assert {"rsu1", "rsu2", "rsu3"} <= {n for n, p in net["peers"].items() if p["state"] == "online"}
+        assert "rsu9" not in net["peers"]
+        assert {"node:rsu9", "node:rsu1", "ledger tx", "ledger node:rogue"} <= set(net["rejects"]), net["rejects"]
+        assert acc_main(["net", "--socket", str(rsus[0].sock)]) == 0
 
         # kill -9 one RSU: the other three keep committing
         victim = rsus[3]
