@@ -762,12 +762,14 @@ class MqttTransport:
         *,
         queue_max: int = 100_000,
         receipt_tag: str | None = None,
+        cell: str | None = None,
     ) -> None:
         """An RSU's transport; with ``receipt_tag`` an OBU's (light client): block announcements,
-        answers to its header requests and receipts for its issuer tag only."""
+        answers to its header requests and receipts for its issuer tag only. ``cell`` defaults to
+        the client's (an OBU follows more than one cell across a handover)."""
         self.client = client
         self.node_id = client.node_id
-        self.cell = client.cell
+        self.cell = cell or client.cell
         self.receipt_tag = receipt_tag
         self.dropped = 0
         self._queue: asyncio.Queue[tuple[MessageKind, str, bytes]] = asyncio.Queue(maxsize=queue_max)
