@@ -175,8 +175,12 @@ class MqttConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    enabled: bool = _doc("run the cell ledger (role rsu: a consensus validator; needs mqtt and a device key)", False)
-    genesis_file: str = _doc("the cell's genesis JSON (chain id, validators, authorities)", "")
+    enabled: bool = _doc(
+        "the cell ledger: role rsu runs a validator; role obu follows it as a light client and retires outbox "
+        "entries on verified receipts (needs mqtt and a device key)",
+        False,
+    )
+    genesis_file: str = _doc("the cell's genesis JSON (chain id, validators, authorities): the trust anchor", "")
     block_interval: float = _doc("seconds between a commit and the next proposal", 0.5)
     max_block_txs: int = _doc("most transactions in one block", 2000)
     timeout_propose: float = _doc("propose timeout of round 0, seconds (grows by half of it per round)", 3.0)
@@ -190,11 +194,82 @@ class Pc5Config:
     enabled: bool = _doc(
         "emulated C-V2X PC5 sidelink (CAM/DENM over the cell broker, radio model at the receiver)", False
     )
+    tx: bool = _doc("transmit CAMs and DENMs (false: listen only)", True)
+    max_range_m: float = _doc("radio: nothing is delivered beyond this distance, metres", 800.0)
+    pdr_curve: tuple[tuple[float, ...], ...] = _doc(
+        "radio: [distance m, PDR 0..1] points from distance 0, PDR non-increasing (illustrative default)",
+        (
+            (0.0, 0.99),
+            (100.0, 0.98),
+            (200.0, 0.95),
+            (300.0, 0.88),
+            (400.0, 0.74),
+            (500.0, 0.52),
+            (600.0, 0.30),
+            (700.0, 0.12),
+            (800.0, 0.0),
+        ),
+    )
+    base_latency_s: float = _doc("radio: one-way latency floor, seconds", 0.010)
+    jitter_s: float = _doc("radio: latency adds uniform 0..jitter_s, seconds", 0.020)
+    airtime_s: float = _doc("radio: channel occupancy of one message for the CBR estimate, seconds", 0.001)
+    cbr_window_s: float = _doc("radio: channel busy ratio window, seconds", 0.1)
+    cbr_knee: float = _doc("radio: CBR below which congestion costs no PDR", 0.3)
+    cbr_loss_at_full: float = _doc("radio: PDR is multiplied by (1 - this) at CBR 1", 0.5)
+    dcc_gaps: tuple[tuple[float, ...], ...] = _doc(
+        "DCC: [CBR lower bound, minimum gap s] steps from CBR 0",
+        ((0.0, 0.1), (0.30, 0.2), (0.40, 0.4), (0.50, 0.5), (0.60, 1.0)),
+    )
+    seed: int = _doc("seed of the radio model's randomness (0: random)", 0)
+    stale_after: float = _doc("drop messages generated longer ago than this, seconds", 1.0)
+    neighbour_timeout: float = _doc("forget a neighbour not heard for this long, seconds", 3.0)
+    cert_interval: float = _doc("carry the full pseudonym certificate at least this often, seconds", 1.0)
+    pseudonym_dir: str = _doc(
+        "directory of pseudonym pairs <id>.cert + <id>.key (0600) ('' = <data_dir>/pseudonyms)", ""
+    )
+    pseudonym_period: float = _doc("change pseudonym every period +- jitter seconds", 300.0)
+    pseudonym_jitter: float = _doc("random part of the pseudonym change period, seconds", 60.0)
+    authorities: tuple[str, ...] = _doc(
+        "pseudonym CA did:keys trusted for V2V, besides trust.roots with role pseudonym_ca", ()
+    )
+    hard_brake_mps2: float = _doc("send a hard-braking DENM at this deceleration, m/s^2 (0: never)", 4.0)
+    stationary_after: float = _doc("send a stationary-vehicle DENM after standing this long, seconds (0: never)", 0.0)
+    denm_repetitions: int = _doc("times each DENM is sent again", 2)
+    denm_repeat_interval: float = _doc("seconds between DENM repetitions", 0.5)
+    max_warnings: int = _doc("active DENM warnings kept (oldest dropped beyond)", 16)
 
 
 @dataclass(frozen=True)
 class CellConfig:
     announce: bool = _doc("RSU: announce this cell (id, area, genesis hash, broker) and admit OBUs", False)
+    join: bool = _doc("OBU: hear cell announcements, join the cell covering the position, hand over", False)
+    # --- RSU -------------------------------------------------------------------------------
+    area_lat: float = _doc("RSU: cell area as a circle: centre latitude, degrees WGS84", 0.0)
+    area_lon: float = _doc("RSU: cell area as a circle: centre longitude, degrees WGS84", 0.0)
+    area_radius_m: float = _doc("RSU: cell area as a circle: radius, metres (0: use area_polygon)", 0.0)
+    area_polygon: tuple[tuple[float, ...], ...] = _doc(
+        "RSU: cell area as a polygon instead: [[lat, lon], ...], at least 3 corners, degrees", ()
+    )
+    broker_host: str = _doc("RSU: broker host OBUs are told to use ('' = mqtt.host)", "")
+    broker_port: int = _doc("RSU: broker port OBUs are told to use (0 = mqtt.port)", 0)
+    broker_tls: bool | None = _doc("RSU: advertise the broker as TLS (unset = mqtt.tls)", None)
+    validator_credential: str = _doc(
+        "RSU: its validator credential (COSE CWT from a road authority, subject = this device's DID)", ""
+    )
+    announce_interval: float = _doc("RSU: seconds between announcements (retained, re-signed each time)", 10.0)
+    announce_validity: float = _doc("RSU: seconds an announcement stays valid (> announce_interval)", 60.0)
+    admission_ttl: float = _doc("RSU: seconds an admission lasts before the OBU must renew it", 3600.0)
+    # --- OBU -------------------------------------------------------------------------------
+    vehicle_credential: str = _doc(
+        "OBU: its vehicle credential (COSE CWT from the OEM, subject = this device's DID)", ""
+    )
+    genesis_dir: str = _doc("OBU: directory of trusted cell genesis JSON files (*.json)", "")
+    genesis_hashes: tuple[str, ...] = _doc(
+        "OBU: trusted genesis hashes (hex SHA-256 of the genesis JSON as Genesis.to_json writes it)", ()
+    )
+    require_known_genesis: bool = _doc("OBU: join only cells whose genesis is in genesis_dir / genesis_hashes", False)
+    check_interval: float = _doc("OBU: seconds between position checks for handover", 1.0)
+    retry_after: float = _doc("OBU: seconds before asking a cell again after a refusal or no answer", 5.0)
 
 
 @dataclass(frozen=True)
@@ -468,6 +543,8 @@ def _check(cfg: Config) -> list[str]:
     if cfg.camera.fps <= 0:
         problems.append("camera.fps: must be > 0")
     problems.extend(_check_mqtt(cfg.mqtt))
+    problems.extend(_check_cell(cfg))
+    problems.extend(_check_pc5(cfg))
     return problems
 
 
@@ -524,4 +601,102 @@ def _check_mqtt(m: MqttConfig) -> list[str]:
         problems.append("mqtt.max_payload: must be within 1..268435455 bytes")
     if not 0 < m.backoff_initial <= m.backoff_max:
         problems.append("mqtt.backoff_initial / backoff_max: need 0 < backoff_initial <= backoff_max")
+    return problems
+
+
+def _check_pc5(cfg: Config) -> list[str]:
+    p = cfg.pc5
+    problems = []
+    if p.enabled and not cfg.mqtt.enabled:
+        problems.append("pc5.enabled: needs mqtt.enabled (the sidelink is emulated over the cell broker)")
+    for key in ("pdr_curve", "dcc_gaps"):
+        if any(len(point) != 2 for point in getattr(p, key)):
+            problems.append(f"pc5.{key}: every point must be a [x, y] pair")
+    if not problems:
+        from .pc5.radio import RadioParams
+
+        try:
+            RadioParams(
+                max_range_m=p.max_range_m,
+                pdr_curve=tuple((a, b) for a, b in p.pdr_curve),
+                base_latency_s=p.base_latency_s,
+                jitter_s=p.jitter_s,
+                airtime_s=p.airtime_s,
+                cbr_window_s=p.cbr_window_s,
+                cbr_knee=p.cbr_knee,
+                cbr_loss_at_full=p.cbr_loss_at_full,
+                dcc_gaps=tuple((a, b) for a, b in p.dcc_gaps),
+            )
+        except ValueError as err:
+            problems.append(f"pc5: {err}")
+    for key in ("stale_after", "neighbour_timeout", "cert_interval", "pseudonym_period", "denm_repeat_interval"):
+        if not getattr(p, key) > 0:
+            problems.append(f"pc5.{key}: must be > 0")
+    if not 0 <= p.pseudonym_jitter < p.pseudonym_period:
+        problems.append("pc5.pseudonym_jitter: must be within 0..pseudonym_period")
+    for key in ("hard_brake_mps2", "stationary_after"):
+        if getattr(p, key) < 0:
+            problems.append(f"pc5.{key}: must be >= 0 (0 turns it off)")
+    if not 0 <= p.denm_repetitions <= 100:
+        problems.append("pc5.denm_repetitions: must be within 0..100")
+    if not 1 <= p.max_warnings <= 1000:
+        problems.append("pc5.max_warnings: must be within 1..1000")
+    if not 0 <= p.seed < 2**63:
+        problems.append("pc5.seed: must be within 0..2^63-1")
+    if p.pseudonym_dir and not Path(p.pseudonym_dir).is_dir():
+        problems.append(f"pc5.pseudonym_dir: directory {p.pseudonym_dir} does not exist")
+    for did in p.authorities:
+        if not did.startswith("did:key:"):
+            problems.append(f"pc5.authorities: {did[:60]!r} is not a did:key")
+    return problems
+
+
+def _check_cell(cfg: Config) -> list[str]:
+    c = cfg.cell
+    problems: list[str] = []
+    if c.announce:
+        if cfg.agent.role != "rsu":
+            problems.append("cell.announce: only an RSU (agent.role = 'rsu') announces a cell")
+        if not cfg.mqtt.enabled:
+            problems.append("cell.announce: needs mqtt.enabled")
+        if not cfg.ledger.genesis_file:
+            problems.append("cell.announce: needs ledger.genesis_file (the announcement names the genesis hash)")
+        if not c.validator_credential:
+            problems.append("cell.validator_credential: required when cell.announce")
+        elif not Path(c.validator_credential).is_file():
+            problems.append(f"cell.validator_credential: file {c.validator_credential} does not exist")
+        if c.area_radius_m <= 0 and not c.area_polygon:
+            problems.append("cell.area_radius_m / cell.area_polygon: an announced cell needs an area")
+    if not 0 <= c.area_radius_m <= 100_000:
+        problems.append(f"cell.area_radius_m: {c.area_radius_m} is outside 0..100000 m")
+    if not -90 <= c.area_lat <= 90 or not -180 <= c.area_lon <= 180:
+        problems.append("cell.area_lat / cell.area_lon: outside -90..90 / -180..180 degrees")
+    if c.area_polygon:
+        if len(c.area_polygon) < 3:
+            problems.append("cell.area_polygon: needs at least 3 corners [lat, lon]")
+        for i, corner in enumerate(c.area_polygon):
+            if len(corner) != 2 or not -90 <= corner[0] <= 90 or not -180 <= corner[1] <= 180:
+                problems.append(f"cell.area_polygon[{i}]: {list(corner)} is not [lat, lon] in degrees")
+    if c.broker_port and not 0 < c.broker_port < 65536:
+        problems.append(f"cell.broker_port: {c.broker_port} is not a TCP port")
+    if not 0 < c.announce_interval < c.announce_validity:
+        problems.append("cell.announce_interval / announce_validity: need 0 < announce_interval < announce_validity")
+    if c.admission_ttl <= 0 or c.check_interval <= 0 or c.retry_after <= 0:
+        problems.append("cell.admission_ttl, check_interval and retry_after: must be > 0")
+    if c.join:
+        if cfg.agent.role != "obu":
+            problems.append("cell.join: only an OBU (agent.role = 'obu') joins cells")
+        if not cfg.mqtt.enabled:
+            problems.append("cell.join: needs mqtt.enabled")
+        if not c.vehicle_credential:
+            problems.append("cell.vehicle_credential: required when cell.join")
+        elif not Path(c.vehicle_credential).is_file():
+            problems.append(f"cell.vehicle_credential: file {c.vehicle_credential} does not exist")
+        if c.require_known_genesis and not (c.genesis_dir or c.genesis_hashes):
+            problems.append("cell.require_known_genesis: needs cell.genesis_dir or cell.genesis_hashes")
+    if c.genesis_dir and not Path(c.genesis_dir).is_dir():
+        problems.append(f"cell.genesis_dir: directory {c.genesis_dir} does not exist")
+    for i, h in enumerate(c.genesis_hashes):
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", h):
+            problems.append(f"cell.genesis_hashes[{i}]: {h!r} is not 64 hex digits (SHA-256)")
     return problems

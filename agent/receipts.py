@@ -336,3 +336,71 @@ class ReceiptService:
             "evidence": len(self.client.evidence),
             **{k: v for k, v in vars(self.counters).items()},
         }
+
+
+class CellReceipts:
+    """An OBU's receipt services, one per cell it has attestations in: ``follow(cell, genesis)``
+    starts one (idempotent), for the configured cell at start and for each cell it is admitted
+    to on a handover. A cell's service keeps running after the OBU left it, so entries sent
+    there are still retired by that cell's receipts; beyond ``max_cells`` the oldest stops
+    (its unretired entries are resent and answered by receipts when it is followed again)."""
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        dispatcher: Any,
+        receipt_tag: str,
+        outbox: AsyncOutbox,
+        clock: Clock,
+        health: HealthRegistry | None,
+        state_dir: Path,
+        max_cells: int = 4,
+    ) -> None:
+        self.client, self.dispatcher, self.receipt_tag = client, dispatcher, receipt_tag
+        self.outbox, self.clock, self.health, self.state_dir = outbox, clock, health, state_dir
+        self.max_cells = max_cells
+        self.services: OrderedDict[str, ReceiptService] = OrderedDict()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wanted: asyncio.Queue[tuple[str, Genesis]] = asyncio.Queue()
+
+    def follow(self, cell: str, genesis: Genesis) -> None:
+        """Follow ``cell`` (callable from any callback on the loop)."""
+        if cell in self.services:
+            self.services.move_to_end(cell)
+            return
+        self._wanted.put_nowait((cell, genesis))
+
+    async def run(self) -> None:
+        from .ledger_node import MqttTransport
+
+        try:
+            while True:
+                cell, genesis = await self._wanted.get()
+                if cell in self.services:
+                    continue
+                transport = MqttTransport(self.client, self.dispatcher, receipt_tag=self.receipt_tag, cell=cell)
+                service = ReceiptService(
+                    cell=cell,
+                    genesis=genesis,
+                    outbox=self.outbox,
+                    transport=transport,
+                    clock=self.clock,
+                    health=self.health,
+                    state_dir=self.state_dir,
+                )
+                await transport.subscribe()
+                self.services[cell] = service
+                self._tasks[cell] = asyncio.get_running_loop().create_task(service.run(), name=f"receipts.{cell}")
+                log.info("receipts: following cell %s (%s)", cell, genesis.chain_id)
+                while len(self.services) > self.max_cells:
+                    old, _ = self.services.popitem(last=False)
+                    self._tasks.pop(old).cancel()
+                    log.info("receipts: no longer following cell %s", old)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def status(self) -> dict[str, Any]:
+        return {"role": "obu", "cells": {cell: s.status() for cell, s in self.services.items()}}

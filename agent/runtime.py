@@ -34,8 +34,10 @@ from .services import CameraService, CanService, GnssService, HealthService, Sta
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
+    from .admission import CellAnnouncer, CellJoiner
     from .ledger_node import LedgerNode
-    from .receipts import ReceiptService
+    from .pc5.service import Pc5Wiring
+    from .receipts import CellReceipts
 
 __all__ = ["Agent", "build_camera", "build_can_port", "build_decoders", "build_gnss"]
 
@@ -154,7 +156,11 @@ class Agent:
         #: the RSU's ledger node (agent/ledger_node.py), while its service runs
         self.ledger: LedgerNode | None = None
         #: an OBU's light client + receipt verification (agent/receipts.py)
-        self.receipts: ReceiptService | None = None
+        self.receipts: CellReceipts | None = None
+        #: the RSU's cell announcer or the OBU's cell joiner (agent/admission.py)
+        self.cell: CellAnnouncer | CellJoiner | None = None
+        #: the OBU's emulated PC5 sidelink (agent/pc5/service.py)
+        self.pc5: Pc5Wiring | None = None
         self.started_mono = 0.0
         self._stop: asyncio.Event | None = None
         #: set once run() has built every service (tests and embedders wait on it)
@@ -208,6 +214,18 @@ class Agent:
         self._build_access()
         self._build_network()
         self._build_ledger()
+        from .admission import CellJoiner, build_cell_service
+
+        self.cell = build_cell_service(self)
+        if self.cell is not None:
+            self.supervisor.add(self.cell.name, self.cell.run)
+            if isinstance(self.cell, CellJoiner):
+                self.cell.on_change(self._follow_new_cell)
+        from .pc5.service import build_pc5
+
+        self.pc5 = build_pc5(self)
+        for name, run in self.pc5.services:
+            self.supervisor.add(name, run)
         checkers = [s.check for s in self.can_services]
         if self.gnss_service is not None:
             checkers.append(self.gnss_service.check)
@@ -222,6 +240,8 @@ class Agent:
         diag.command("access.read", self.access_read)
         diag.command("net", lambda req: self.net_status())
         diag.command("ledger", lambda req: self.ledger_status())
+        diag.command("cell", lambda req: self.cell.status() if self.cell is not None else None)
+        diag.command("pc5", lambda req: self.pc5.status() if self.pc5 else None)
         self.supervisor.add("diagnostics", diag.serve)
         for name, run in self.extra_services:
             self.supervisor.add(name, run)
@@ -328,46 +348,60 @@ class Agent:
         self.supervisor.add("ledger", run)
 
     def _build_receipts(self) -> None:
-        """An OBU: the cell's light client, verifying receipts that retire outbox entries."""
+        """An OBU: light clients of the cells it sends to, verifying receipts that retire outbox
+        entries -- the configured cell (``ledger.genesis_file``) and, with ``cell.join``, every
+        cell it is admitted to (the genesis comes with the admission)."""
         from ledger_lite.errors import LedgerError
         from ledger_lite.genesis import Genesis
 
-        from .ledger_node import MqttTransport
-        from .receipts import ReceiptService
+        from .receipts import CellReceipts
         from .topics import issuer_tag
 
         cfg = self.config
         if self.outbox is None or self.identity is None or self.mqtt is None or self.dispatcher is None:
             self.health.degraded("ledger", "receipts need the outbox (attest.enabled and a device key)")
             return
-        try:
-            genesis = Genesis.from_json(Path(cfg.ledger.genesis_file).read_bytes())
-        except (OSError, LedgerError) as err:
-            raise ConfigError([f"ledger.genesis_file: {err}"], cfg.ledger.genesis_file) from err
-        transport = MqttTransport(self.mqtt, self.dispatcher, receipt_tag=issuer_tag(self.identity.did))
-        service = ReceiptService(
-            cell=self.mqtt.cell,
-            genesis=genesis,
+        self.receipts = CellReceipts(
+            client=self.mqtt,
+            dispatcher=self.dispatcher,
+            receipt_tag=issuer_tag(self.identity.did),
             outbox=self.outbox,
-            transport=transport,
             clock=self.clock,
             health=self.health,
             state_dir=Path(cfg.agent.data_dir) / "ledger",
         )
-        self.receipts = service
+        if cfg.ledger.genesis_file:
+            try:
+                genesis = Genesis.from_json(Path(cfg.ledger.genesis_file).read_bytes())
+            except (OSError, LedgerError) as err:
+                raise ConfigError([f"ledger.genesis_file: {err}"], cfg.ledger.genesis_file) from err
+            self.receipts.follow(self.mqtt.cell, genesis)
+        self.supervisor.add("receipts", self.receipts.run)
 
-        async def run() -> None:
-            await transport.subscribe()
-            await service.run()
+    def _follow_new_cell(self, old: str | None, new: str | None) -> None:
+        """Handover (``CellJoiner.on_change``): follow the new cell's ledger with its genesis."""
+        from .admission import CellJoiner
 
-        self.supervisor.add("receipts", run)
+        joiner = self.cell
+        if new is None or self.receipts is None or not isinstance(joiner, CellJoiner) or joiner.current is None:
+            return
+        if joiner.current.genesis is not None:
+            self.receipts.follow(new, joiner.current.genesis)
+
+    def current_cell(self) -> str:
+        """The cell new attestations are for: the one the OBU is admitted to, else the configured one."""
+        from .admission import CellJoiner
+
+        if isinstance(self.cell, CellJoiner) and self.cell.current_cell:
+            return self.cell.current_cell
+        return self.config.mqtt.cell
 
     def ledger_status(self) -> dict[str, Any] | None:
         """Diagnostics command ``ledger``: an RSU's node (height, last block, peers, validators,
         sync state) or an OBU's light client and receipts."""
         if self.ledger is not None:
             return self.ledger.status()
-        return None if self.receipts is None else {"role": "obu", **self.receipts.status()}
+        return None if self.receipts is None else self.receipts.status()
 
     def _build_attestor(self) -> None:
         cfg = self.config
@@ -381,7 +415,7 @@ class Agent:
             fix=lambda: gnss.last if gnss is not None else None,
             state=lambda: state.last if state is not None else None,
             outbox=self.outbox,
-            cell=lambda: cfg.mqtt.cell,
+            cell=self.current_cell,
         )
         if state is not None and cfg.attest.summary_interval > 0:
             services = self.can_services
@@ -483,6 +517,7 @@ class Agent:
             "camera": self.camera_service.status() if self.camera_service else None,
             "attest": self.attestor.status() if self.attestor else None,
             "mqtt": self.mqtt.stats() if self.mqtt else None,
+            "pc5": self.pc5.status() if self.pc5 else None,
             "state": self.last_state(),
         }
 

@@ -11,7 +11,8 @@ Every topic the agent publishes or subscribes to is built and parsed here::
     acc/v1/cell/{cell}/fl/model              FL_MODEL      the cell's current global model (retained)
     acc/v1/cell/{cell}/fl/{node}             FL_UPDATE     {node}'s federated-learning update
     acc/v1/cell/{cell}/presence/{node}       PRESENCE      online / offline (retained; last will)
-    acc/v1/cell/{cell}/admission/{node}      ADMISSION     {node} asks to join the cell
+    acc/v1/cell/{cell}/admission/{node}      ADMISSION     {node} asks to join the cell; the RSU answers there
+    acc/v1/cell/{cell}/announce              CELL          the cell's signed announcement (retained)
     acc/v1/pc5/{cell}                        PC5           emulated sidelink broadcast
 
 Cell and node ids are 1-64 characters of ``[A-Za-z0-9._-]``, starting with a letter or digit,
@@ -36,6 +37,7 @@ __all__ = [
     "Topic",
     "TopicError",
     "admission",
+    "announce",
     "block",
     "cell_filter",
     "check_id",
@@ -72,6 +74,7 @@ class MessageKind(enum.StrEnum):
     FL_UPDATE = "fl"
     PRESENCE = "presence"
     ADMISSION = "admission"
+    CELL = "announce"
     PC5 = "pc5"
 
 
@@ -103,6 +106,8 @@ POLICY: Final[dict[MessageKind, Policy]] = {
     # presence is published on every (re)connect and by the broker as the last will
     MessageKind.PRESENCE: Policy(qos=1, retain=True, offline="drop", expiry=None),
     MessageKind.ADMISSION: Policy(qos=1, retain=False, offline="queue", expiry=600),
+    # the RSU re-publishes it every few seconds; a late OBU hears the retained one at once
+    MessageKind.CELL: Policy(qos=1, retain=True, offline="queue", expiry=None),
     # sidelink emulation: best effort, stale after a second, never queued
     MessageKind.PC5: Policy(qos=0, retain=False, offline="drop", expiry=1),
 }
@@ -206,6 +211,10 @@ def admission(cell: str, node: str) -> Topic:
     return Topic(MessageKind.ADMISSION, cell, node)
 
 
+def announce(cell: str) -> Topic:
+    return Topic(MessageKind.CELL, cell)
+
+
 def pc5(cell: str) -> Topic:
     return Topic(MessageKind.PC5, cell)
 
@@ -240,7 +249,7 @@ def parse(topic: str) -> Topic:
         raise TopicError(f"topic {topic[:120]!r}: expected {PREFIX}/cell/{{cell}}/... or {PREFIX}/pc5/{{cell}}")
     cell = _id(parts[3], "cell", topic)
     rest = parts[4:]
-    if rest in (["tx"], ["block"], ["fl", "model"]):
+    if rest in (["tx"], ["block"], ["fl", "model"], ["announce"]):
         return Topic(MessageKind("/".join(rest)), cell)
     for kind in _PER_NODE:
         head = kind.value.split("/")

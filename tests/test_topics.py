@@ -20,7 +20,7 @@ BUILDERS_NODE = [
     topics.presence,
 ]
 BUILDERS_NODE.append(topics.admission)
-BUILDERS_CELL = [topics.tx, topics.block, topics.fl_model, topics.pc5]
+BUILDERS_CELL = [topics.tx, topics.block, topics.fl_model, topics.pc5, topics.announce]
 
 
 def test_paths_follow_the_design() -> None:
@@ -36,6 +36,7 @@ def test_paths_follow_the_design() -> None:
     assert topics.presence("c1", "n").path == "acc/v1/cell/c1/presence/n"
     assert topics.admission("c1", "n").path == "acc/v1/cell/c1/admission/n"
     assert topics.pc5("c1").path == "acc/v1/pc5/c1"
+    assert topics.announce("c1").path == "acc/v1/cell/c1/announce"
 
 
 @given(cell=ids, node=ids)
@@ -89,6 +90,7 @@ def test_policy_covers_every_kind_and_matches_the_design() -> None:
     assert set(POLICY) == set(MessageKind)
     assert POLICY[MessageKind.PRESENCE].retain and POLICY[MessageKind.PRESENCE].qos == 1
     assert POLICY[MessageKind.BLOCK].retain
+    assert POLICY[MessageKind.CELL].retain and POLICY[MessageKind.CELL].qos == 1
     assert POLICY[MessageKind.PC5].qos == 0 and POLICY[MessageKind.PC5].offline == "drop"
     for kind in (MessageKind.TX, MessageKind.CONSENSUS, MessageKind.SYNC_REQUEST, MessageKind.FL_UPDATE):
         assert POLICY[kind].qos == 1 and POLICY[kind].offline == "queue" and not POLICY[kind].retain
@@ -100,5 +102,6 @@ def test_filters() -> None:
     assert topics.kind_filter(MessageKind.PRESENCE, "c1") == "acc/v1/cell/c1/presence/+"
     assert topics.kind_filter(MessageKind.BLOCK) == "acc/v1/cell/+/block"
     assert topics.kind_filter(MessageKind.PC5, "c1") == "acc/v1/pc5/c1"
+    assert topics.kind_filter(MessageKind.CELL) == "acc/v1/cell/+/announce"
     with pytest.raises(TopicError):
         topics.cell_filter("#")
