@@ -537,6 +537,11 @@ class Outbox:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE id = ?", (aid,)).fetchone()
         return None if row is None else _entry(row)
 
+    def entries_for(self, cell: str) -> list[Entry]:
+        """Every entry bound to ``cell`` (retired ones too, until pruned), in insertion order."""
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE cell = ? ORDER BY seq", (cell,))
+        return [_entry(r) for r in rows]
+
     def stats(self) -> OutboxStats:
         now = self.clock.time()
         by_state = {State.PENDING: 0, State.SENT: 0, State.RETIRED: 0}

@@ -274,7 +274,7 @@ class Agent:
             presence = presence_signer(self.identity.key, kid_for(self.identity.did), self.node_id, self.clock.time)
         client = MqttClient(
             cfg.mqtt,
-            node_id=cfg.mqtt.client_id or self.node_id,
+            node_id=self.node_id,  # the MQTT client id is mqtt.client_id (default: this)
             cell=cfg.mqtt.cell,
             clock=self.clock,
             health=self.health,
@@ -293,7 +293,9 @@ class Agent:
                 if not await client.publish(topics.tx(entry.cell), entry.payload):
                     raise SendError("the MQTT client dropped it (offline policy)")
 
-            sender = OutboxSender(self.outbox, send, self.clock, health=self.health, cells=lambda: {cfg.mqtt.cell})
+            # every cell is reached through this broker (the joiner does not switch brokers yet):
+            # entries of a cell left behind are still sent there until its receipts retire them
+            sender = OutboxSender(self.outbox, send, self.clock, health=self.health)
             self.supervisor.add("outbox.sender", sender.run)
 
     def _build_ledger(self) -> None:

@@ -33,9 +33,10 @@ class Rsu:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "agent.log"
 
-    def write_config(self) -> None:
+    def write_config(self, extra: str = "") -> None:
         self.conf.write_text(
-            f"""
+            extra
+            + f"""
 [agent]
 role = "rsu"
 node_id = "{self.name}"
@@ -49,6 +50,7 @@ enabled = false
 enabled = true
 port = {self.port}
 cell = "{self.cell}"
+client_id = "{self.cell}-{self.name}"
 backoff_max = 1.0
 max_payload = 2097152
 [ledger]
@@ -112,25 +114,29 @@ def heights(rsus: list[Rsu]) -> dict[str, int]:
     return out
 
 
-def write_genesis(path: Path, rsus: list[Rsu], chain_id: str) -> None:
-    authority = SigningKey.from_private_bytes("Ed25519", b"\x42" * 32)
+def write_genesis(path: Path, rsus: list[Rsu], chain_id: str, authority: str | None = None) -> None:
+    if authority is None:
+        authority = did_key(SigningKey.from_private_bytes("Ed25519", b"\x42" * 32).public)
     genesis = {
         "chain_id": chain_id,
         "genesis_time_ms": int(time.time() * 1000) - 1000,
         "validators": [{"did": r.did, "power": 1} for r in rsus],
-        "authorities": {did_key(authority.public): ["road_authority"]},
+        "authorities": {authority: ["road_authority"]},
     }
     path.write_text(json.dumps(genesis))
 
 
-def start_cell(root: Path, port: int, n: int = 4, cell: str = "cell-rsu") -> list[Rsu]:
-    """n RSU processes of ``cell`` (chain id = cell id), started and at height 2."""
+def start_cell(
+    root: Path, port: int, n: int = 4, cell: str = "cell-rsu", extra: Any = None, authority: str | None = None
+) -> list[Rsu]:
+    """n RSU processes of ``cell`` (chain id = cell id), started and at height 2; ``extra(rsu)``
+    gives TOML put before each one's config (top-level tables), ``authority`` the genesis authority."""
     root.mkdir(parents=True, exist_ok=True)
     genesis = root / "genesis.json"
     rsus = [Rsu(root, i, port, genesis, cell) for i in range(n)]
-    write_genesis(genesis, rsus, cell)
+    write_genesis(genesis, rsus, cell, authority)
     for r in rsus:
-        r.write_config()
+        r.write_config(extra(r) if extra else "")
         r.start()
     wait_for(lambda: len(h := heights(rsus)) == n and min(h.values()) >= 2, 30, f"{cell}: all at height 2", rsus)
     return rsus
