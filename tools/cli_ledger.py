@@ -29,9 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lsub = p.add_subparsers(dest="ledger_cmd", required=True, metavar="COMMAND")
     s = lsub.add_parser(
         "status",
-        help="height, last block, peers, validators, sync state",
-        description="Ask the running agent about its ledger. Exit status: 0 in consensus, 1 catching up or "
-        "not a validator, 69 no agent reachable (or no ledger running).",
+        help="RSU: height, last block, peers, validators, sync state; OBU: light client and receipts per cell",
+        description="Ask the running agent about its ledger. Exit status: 0 in consensus (RSU) / following "
+        "(OBU), 1 catching up, not a validator or a light-client problem, 69 no agent reachable (or no ledger).",
     )
     s.add_argument("--socket", type=Path, help="diagnostics socket (default: as for acc status)")
     s.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
@@ -57,8 +57,31 @@ def run_status(args: argparse.Namespace) -> int:
     if st is None:
         sys.stderr.write("acc ledger status: the agent runs no ledger (role rsu with ledger.enabled)\n")
         return exitcodes.UNAVAILABLE
+    if st.get("role") == "obu":
+        sys.stdout.write(json.dumps(st, indent=2, sort_keys=True) + "\n" if args.json else render_obu(st))
+        bad = not st["cells"] or any(c["problem"] for c in st["cells"].values())
+        return exitcodes.FAILURE if bad else exitcodes.OK
     sys.stdout.write(json.dumps(st, indent=2, sort_keys=True) + "\n" if args.json else render(st))
     return exitcodes.OK if st.get("sync") == "in consensus" and st.get("is_validator") else exitcodes.FAILURE
+
+
+def render_obu(st: dict[str, Any]) -> str:
+    """An OBU: its light client per cell and the receipts it verified."""
+    if not st["cells"]:
+        return "light client  following no cell yet (no genesis configured, not admitted anywhere)\n"
+    lines = []
+    for cell, c in st["cells"].items():
+        when = (
+            "-" if c["trusted_time"] is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(c["trusted_time"]))
+        )
+        lines.append(f"cell {cell} ({c['chain_id']}): trusted height {c['trusted_height']} ({when})")
+        lines.append(
+            f"  receipts {c['retired']} retired, {c['pending_receipts']} waiting for a header, "
+            f"{c['bad_receipts']} bad; headers {c['headers_verified']} verified, {c['rejected_headers']} refused"
+        )
+        if c["problem"]:
+            lines.append(f"  PROBLEM: {c['problem']}")
+    return "\n".join(lines) + "\n"
 
 
 def render(st: dict[str, Any]) -> str:

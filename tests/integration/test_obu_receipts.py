@@ -20,6 +20,7 @@ from agent.diagnostics import DiagError, query
 from ledger_lite.attestation import decode_attestation
 from tests.integration.cell import Rsu, start_cell, wait_for
 from tests.mqtt_broker import Broker
+from tools.acc import main as acc_main
 
 CELL = "cell-obu"
 pytestmark = pytest.mark.timeout(300)
@@ -99,6 +100,7 @@ def test_obu_attestations_reach_the_ledger_once_through_outage_and_sigkill(tmp_p
         ledger = obu.ask("ledger")
         follower = ledger["cells"][CELL]
         assert ledger["role"] == "obu" and follower["trusted_height"] >= 2 and follower["bad_receipts"] == 0
+        assert acc_main(["ledger", "status", "--socket", str(obu.sock)]) == 0
 
         # the broker is away for 30 s: the OBU goes on attesting into its outbox
         mosquitto.stop()
