@@ -63,9 +63,13 @@ from .credentials import CredentialStore, DecodedCredential, Role, decode_creden
 from .errors import LedgerError, MalformedError, RevokedError, ValidityError, VerificationError
 from .genesis import Genesis
 from .txs import (
+    FlResultTx,
+    FlRoundTx,
     RevocationTx,
     TxKind,
     ValidatorUpdateTx,
+    decode_fl_result,
+    decode_fl_round,
     decode_revocation,
     decode_validator_update,
     kind_of,
@@ -147,7 +151,7 @@ class _Checked:
     signer: str
     seq: int | None
     time_ms: int
-    obj: RevocationTx | ValidatorUpdateTx | DecodedCredential | None
+    obj: RevocationTx | ValidatorUpdateTx | FlRoundTx | FlResultTx | DecodedCredential | None
     verified: bool
 
 
@@ -163,6 +167,8 @@ class _Delta:
     nonces: set[int] = field(default_factory=set)
     next_set: ValidatorSet | None = None
     updates: list[Validator] = field(default_factory=list)
+    fl_rounds: dict[tuple[str, int], FlRoundTx] = field(default_factory=dict)
+    fl_results: dict[tuple[str, int], FlResultTx] = field(default_factory=dict)
     results: list[TxResult] = field(default_factory=list)
     changes: list[list[Any]] = field(default_factory=list)
 
@@ -366,6 +372,69 @@ class _ValidatorRegistry:
             self._schedule.append((height + 2, delta.next_set))
 
 
+class _FlRegistry:
+    """Federated-learning rounds per task and the model ids committed (genesis models and every
+    round's result). A round is opened by a validator of the cell from a committed model, with
+    the next round number of its task, once the previous round has its result; the result is
+    committed by the RSU that opened the round, for that round's base model."""
+
+    def __init__(self, genesis: Genesis) -> None:
+        self.rounds: dict[tuple[str, int], FlRoundTx] = {}
+        self.results: dict[tuple[str, int], tuple[int, FlResultTx]] = {}  # -> (height, result)
+        self.models: dict[bytes, tuple[int, str, int]] = {m: (0, "", 0) for m in genesis.models}
+        self.latest: dict[str, int] = {}
+
+    def model_committed(self, model: bytes, delta: _Delta | None = None) -> bool:
+        if model in self.models:
+            return True
+        return delta is not None and any(r.model == model for r in delta.fl_results.values())
+
+    def _last_round(self, task: str, delta: _Delta) -> int:
+        pending = [r for t, r in delta.fl_rounds if t == task]
+        return max([self.latest.get(task, 0), *pending])
+
+    def check_round(self, c: _Checked, delta: _Delta, validators: ValidatorSet) -> list[Any]:
+        rnd = c.obj
+        assert isinstance(rnd, FlRoundTx)
+        if c.signer not in validators:
+            raise TxRejected(f"{c.signer} may not open an FL round: not a validator of the cell", tx_id=c.tx_id)
+        last = self._last_round(rnd.task, delta)
+        if rnd.round != last + 1:
+            raise TxRejected(
+                f"task {rnd.task!r}: round {rnd.round} opened, the next is {last + 1}", tx_id=c.tx_id, field="round"
+            )
+        if last and (rnd.task, last) not in self.results and (rnd.task, last) not in delta.fl_results:
+            raise TxRejected(f"task {rnd.task!r}: round {last} has no result yet", tx_id=c.tx_id, field="round")
+        if not self.model_committed(rnd.base, delta):
+            raise TxRejected(f"base model {rnd.base.hex()[:16]} is not committed", tx_id=c.tx_id, field="base")
+        delta.fl_rounds[(rnd.task, rnd.round)] = rnd
+        return ["round", rnd.task, rnd.round, rnd.base]
+
+    def check_result(self, c: _Checked, delta: _Delta) -> list[Any]:
+        res = c.obj
+        assert isinstance(res, FlResultTx)
+        key = (res.task, res.round)
+        opened = self.rounds.get(key) or delta.fl_rounds.get(key)
+        if opened is None:
+            raise TxRejected(f"task {res.task!r}: round {res.round} was never opened", tx_id=c.tx_id, field="round")
+        if key in self.results or key in delta.fl_results:
+            raise TxRejected(f"task {res.task!r}: round {res.round} already has a result", tx_id=c.tx_id)
+        if c.signer != opened.signer:
+            raise TxRejected(f"only {opened.signer}, who opened the round, may commit its result", tx_id=c.tx_id)
+        if res.base != opened.base:
+            raise TxRejected("the result names another base model than the round", tx_id=c.tx_id, field="base")
+        delta.fl_results[key] = res
+        return ["result", res.task, res.round, res.model, list(res.participants), [list(r) for r in res.rejected]]
+
+    def commit(self, delta: _Delta, height: int) -> None:
+        self.rounds.update(delta.fl_rounds)
+        for (task, rnd), res in delta.fl_results.items():
+            self.results[(task, rnd)] = (height, res)
+            self.models.setdefault(res.model, (height, task, rnd))
+        for task, rnd in delta.fl_rounds:
+            self.latest[task] = max(self.latest.get(task, 0), rnd)
+
+
 # --------------------------------------------------------------------------------------------
 # the application
 
@@ -388,6 +457,7 @@ class LedgerApp:
         self._attestations = _AttestationRegistry()
         self._credentials = _CredentialRegistry(genesis)
         self._validators = _ValidatorRegistry(genesis)
+        self._fl = _FlRegistry(genesis)
         self._staged: tuple[int, _Delta, bytes] | None = None
 
     # -- queries -----------------------------------------------------------------------------------
@@ -413,6 +483,27 @@ class LedgerApp:
         except LedgerError:
             return None
         return c.signer if c.kind is TxKind.ATTESTATION else None
+
+    def model_committed(self, model: bytes) -> bool:
+        """Is ``model`` (a model id) committed: a genesis model or a federated-learning result?"""
+        return self._fl.model_committed(model)
+
+    def fl_status(self, task: str) -> dict[str, Any]:
+        """The task's latest round, whether it has a result, and the models committed for it."""
+        last = self._fl.latest.get(task, 0)
+        result = self._fl.results.get((task, last))
+        return {
+            "task": task,
+            "round": last,
+            "open": last > 0 and result is None,
+            "base": None if last == 0 else self._fl.rounds[(task, last)].base.hex(),
+            "model": None if result is None else result[1].model.hex(),
+            "result_height": None if result is None else result[0],
+            "models": [m.hex() for m, (_, t, _r) in self._fl.models.items() if t in ("", task)],
+        }
+
+    def fl_round(self, task: str, rnd: int) -> FlRoundTx | None:
+        return self._fl.rounds.get((task, rnd))
 
     def is_revoked(self, *, cti: bytes | None = None, did: str | None = None) -> bool:
         return (cti is not None and self._credentials.cti_revoked(cti)) or (
@@ -494,6 +585,7 @@ class LedgerApp:
         self._attestations.commit(delta)
         self._credentials.commit(delta)
         self._validators.commit(delta, h)
+        self._fl.commit(delta, h)
         self.height, self.app_hash, self._staged = h, app_hash, None
         return app_hash
 
@@ -573,10 +665,16 @@ class LedgerApp:
             # the signature is checked by verify_credential at every (stateful) check
             cred = decode_credential(tx)
             return _Checked(kind, tid, cred.issuer, None, 0, cred, verify)
-        obj: RevocationTx | ValidatorUpdateTx
+        obj: RevocationTx | ValidatorUpdateTx | FlRoundTx | FlResultTx
         if kind is TxKind.REVOCATION:
             obj = decode_revocation(tx, chain_id=self.chain_id)
             time_ms = obj.time_ms
+        elif kind is TxKind.FL_ROUND:
+            obj = decode_fl_round(tx, chain_id=self.chain_id)
+            time_ms = 0
+        elif kind is TxKind.FL_RESULT:
+            obj = decode_fl_result(tx, chain_id=self.chain_id)
+            time_ms = 0
         else:
             obj = decode_validator_update(tx, chain_id=self.chain_id)
             time_ms = 0
@@ -601,6 +699,10 @@ class LedgerApp:
             change = self._credentials.check_credential(c, delta, now=now, verify=verify)
         elif c.kind is TxKind.REVOCATION:
             change = self._credentials.check_revocation(c, delta)
+        elif c.kind is TxKind.FL_ROUND:
+            change = self._fl.check_round(c, delta, self._validators.at(self.height + 1))
+        elif c.kind is TxKind.FL_RESULT:
+            change = self._fl.check_result(c, delta)
         else:
             change = self._validators.check(c, delta, self._credentials)
         delta.changes.append([c.tx_id, str(c.kind), change])

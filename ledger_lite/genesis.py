@@ -37,7 +37,7 @@ from .validators import Validator, ValidatorSet
 
 __all__ = ["Genesis", "make_test_genesis"]
 
-_KEYS = frozenset({"chain_id", "genesis_time_ms", "validators", "authorities", "app_hash"})
+_KEYS = frozenset({"chain_id", "genesis_time_ms", "validators", "authorities", "app_hash", "models"})
 _MAX_TIME_MS = 253_402_300_799_999
 _MAX_POWER = 1 << 32
 _MAX_APP_HASH = 64
@@ -95,6 +95,8 @@ class Genesis:
     validators: ValidatorSet
     authorities: Mapping[str, frozenset[Role]]
     app_hash: bytes = b""
+    #: model ids (SHA-256) committed at genesis: the models a cell starts federated learning from
+    models: tuple[bytes, ...] = ()
     _roots: tuple[tuple[str, frozenset[Role]], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -190,7 +192,18 @@ class Genesis:
             app_hash = bytes.fromhex(app_hash_hex)
         except ValueError:
             raise _fail("app_hash", f"must be hex text (got {app_hash_hex!r})") from None
-        return cls(chain_id, time_ms, ValidatorSet(chain_id, tuple(validators)), authorities, app_hash)
+        models_hex = d.get("models", [])
+        if not isinstance(models_hex, list):
+            raise _fail("models", "must be a list of hex SHA-256 model ids")
+        models: list[bytes] = []
+        for i, m in enumerate(models_hex):
+            try:
+                if type(m) is not str or len(m) != 64:
+                    raise ValueError(m)
+                models.append(bytes.fromhex(m))
+            except ValueError:
+                raise _fail(f"models[{i}]", f"must be 64 hex digits (a SHA-256), got {m!r}") from None
+        return cls(chain_id, time_ms, ValidatorSet(chain_id, tuple(validators)), authorities, app_hash, tuple(models))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Genesis:
@@ -209,6 +222,8 @@ class Genesis:
         }
         if self.app_hash:
             out["app_hash"] = self.app_hash.hex()
+        if self.models:
+            out["models"] = [m.hex() for m in self.models]
         return out
 
     def to_json(self) -> str:

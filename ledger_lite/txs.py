@@ -11,6 +11,8 @@ ATTESTATION         any attestation kind (``attestation.KINDS``), e.g. ``driving
 CREDENTIAL          any ``credentials.CONTENT_TYPES`` (vehicle, owner, grant, validator, issuer)
 REVOCATION          ``application/acc-revocation+cbor``
 VALIDATOR_UPDATE    ``application/acc-validator-update+cbor``
+FL_ROUND            ``application/acc-fl-round+cbor`` (an RSU opens a federated-learning round)
+FL_RESULT           ``application/acc-fl-result+cbor`` (the RSU commits the round's new model)
 ==================  =========================================================================
 
 Payloads of the two ledger-only kinds are deterministic CBOR maps with text keys:
@@ -19,6 +21,15 @@ Payloads of the two ledger-only kinds are deterministic CBOR maps with text keys
   ``{"chain", "time", "did": did:key}``, optionally ``"reason": tstr (<= 256)``;
 * validator update: ``{"chain": tstr, "nonce": uint, "changes": [{"did": did:key, "power":
   uint <= 2^32}, ...]}`` (1..64 changes, each DID once; power 0 removes the validator).
+
+* FL round: ``{"chain", "round": uint >= 1, "task": tstr, "base": bstr .size 32 (the model id
+  the round starts from), "deadline": uint ms, "config": {tstr: int / float / tstr}}``;
+* FL result: ``{"chain", "round", "task", "base", "model": bstr .size 32 (the new model id),
+  "participants": [* did:key], "rejected": [* [did:key, reason: tstr]], "aggregator": tstr,
+  ? "epsilon": float}``.
+
+A model id is ``models.fl``'s SHA-256 over the .tflite file's hash and the weights (see
+``agent/fl.py``); the ledger treats it as opaque bytes.
 
 Decoding is strict: unknown or missing keys, wrong types, another chain -> ``TxSchemaError``
 (a ``SchemaError``) naming the field. Signatures are NOT checked here (``verify_signer`` does
@@ -48,6 +59,14 @@ __all__ = [
     "TxKind",
     "TxSchemaError",
     "ValidatorUpdateTx",
+    "FL_RESULT_CONTENT_TYPE",
+    "FL_ROUND_CONTENT_TYPE",
+    "FlResultTx",
+    "FlRoundTx",
+    "build_fl_result",
+    "build_fl_round",
+    "decode_fl_result",
+    "decode_fl_round",
     "build_revocation",
     "build_validator_update",
     "classify",
@@ -61,6 +80,8 @@ __all__ = [
 
 REVOCATION_CONTENT_TYPE: Final = "application/acc-revocation+cbor"
 VALIDATOR_UPDATE_CONTENT_TYPE: Final = "application/acc-validator-update+cbor"
+FL_ROUND_CONTENT_TYPE: Final = "application/acc-fl-round+cbor"
+FL_RESULT_CONTENT_TYPE: Final = "application/acc-fl-result+cbor"
 _CREDENTIAL_TYPES: Final = frozenset(CONTENT_TYPES.values())
 _PROTECTED_LABELS: Final = frozenset({cose.HDR_ALG, cose.HDR_CONTENT_TYPE, cose.HDR_KID})
 _CTI_MIN, _CTI_MAX = 8, 64
@@ -75,6 +96,8 @@ class TxKind(StrEnum):
     CREDENTIAL = "credential"
     REVOCATION = "revocation"
     VALIDATOR_UPDATE = "validator_update"
+    FL_ROUND = "fl_round"
+    FL_RESULT = "fl_result"
 
 
 class TxSchemaError(SchemaError):
@@ -104,6 +127,10 @@ def kind_of(ct: object) -> TxKind:
             return TxKind.REVOCATION
         if ct == VALIDATOR_UPDATE_CONTENT_TYPE:
             return TxKind.VALIDATOR_UPDATE
+        if ct == FL_ROUND_CONTENT_TYPE:
+            return TxKind.FL_ROUND
+        if ct == FL_RESULT_CONTENT_TYPE:
+            return TxKind.FL_RESULT
     raise TxSchemaError(f"content type {ct!r} is not a ledger transaction kind", field="content_type", kind="tx")
 
 
@@ -317,4 +344,173 @@ def build_validator_update(
     payload = {"chain": chain_id, "nonce": nonce, "changes": [{"did": v.did, "power": v.power} for v in items]}
     tx = _sign(key, did, VALIDATOR_UPDATE_CONTENT_TYPE, payload)
     decode_validator_update(tx, chain_id=chain_id)
+    return tx
+
+
+# --------------------------------------------------------------------------------------------
+# federated learning
+
+_MAX_TASK = 64
+_MAX_CONFIG = 32
+_MAX_PARTICIPANTS = 1024
+
+
+@dataclass(frozen=True)
+class FlRoundTx:
+    """An RSU opens round ``round`` of ``task`` from model ``base`` (signature NOT verified)."""
+
+    signer: str
+    chain_id: str
+    round: int
+    task: str
+    base: bytes
+    deadline_ms: int
+    config: Mapping[str, int | float | str]
+    msg: cose.Sign1
+
+
+@dataclass(frozen=True)
+class FlResultTx:
+    """The aggregated model of a round, its participants and the updates rejected (NOT verified)."""
+
+    signer: str
+    chain_id: str
+    round: int
+    task: str
+    base: bytes
+    model: bytes
+    participants: tuple[str, ...]
+    rejected: tuple[tuple[str, str], ...]
+    aggregator: str
+    epsilon: float | None
+    msg: cose.Sign1
+
+
+def _text(value: Any, kind: TxKind, field: str, hi: int) -> str:
+    if type(value) is not str or not 1 <= len(value) <= hi:
+        raise _err(kind, field, f"must be text of 1 to {hi} characters, got {value!r}")
+    return value
+
+
+def _hash(value: Any, kind: TxKind, field: str) -> bytes:
+    if type(value) is not bytes or len(value) != 32:
+        raise _err(kind, field, "must be 32 bytes (a SHA-256)")
+    return value
+
+
+def decode_fl_round(tx: bytes, *, chain_id: str | None = None) -> FlRoundTx:
+    k = TxKind.FL_ROUND
+    msg, signer, doc = _envelope(tx, k)
+    _keys(doc, k, ("chain", "round", "task", "base", "deadline", "config"))
+    chain = _chain(doc["chain"], k, chain_id)
+    rnd = _uint(doc["round"], k, "round")
+    if rnd < 1:
+        raise _err(k, "round", "rounds are numbered from 1")
+    config = doc["config"]
+    if type(config) is not dict or len(config) > _MAX_CONFIG:
+        raise _err(k, "config", f"must be a map of at most {_MAX_CONFIG} entries")
+    for key, value in config.items():
+        if type(key) is not str or type(value) not in (int, float, str):
+            raise _err(k, f"config.{key}", "keys are text, values int, float or text")
+    return FlRoundTx(
+        signer,
+        chain,
+        rnd,
+        _text(doc["task"], k, "task", _MAX_TASK),
+        _hash(doc["base"], k, "base"),
+        _uint(doc["deadline"], k, "deadline"),
+        dict(config),
+        msg,
+    )
+
+
+def decode_fl_result(tx: bytes, *, chain_id: str | None = None) -> FlResultTx:
+    k = TxKind.FL_RESULT
+    msg, signer, doc = _envelope(tx, k)
+    _keys(doc, k, ("chain", "round", "task", "base", "model", "participants", "rejected", "aggregator"), ("epsilon",))
+    chain = _chain(doc["chain"], k, chain_id)
+    parts = doc["participants"]
+    if type(parts) is not list or len(parts) > _MAX_PARTICIPANTS:
+        raise _err(k, "participants", f"must be a list of at most {_MAX_PARTICIPANTS} DIDs")
+    participants = tuple(_did(p, k, f"participants[{i}]") for i, p in enumerate(parts))
+    if len(set(participants)) != len(participants):
+        raise _err(k, "participants", "a participant is listed twice")
+    rej = doc["rejected"]
+    if type(rej) is not list or len(rej) > _MAX_PARTICIPANTS:
+        raise _err(k, "rejected", f"must be a list of at most {_MAX_PARTICIPANTS} [did, reason]")
+    rejected = []
+    for i, item in enumerate(rej):
+        if type(item) is not list or len(item) != 2:
+            raise _err(k, f"rejected[{i}]", "must be [did, reason]")
+        rejected.append((_did(item[0], k, f"rejected[{i}][0]"), _text(item[1], k, f"rejected[{i}][1]", _MAX_REASON)))
+    eps = doc.get("epsilon")
+    if eps is not None and (type(eps) not in (int, float) or not eps > 0):
+        raise _err(k, "epsilon", "must be a positive number")
+    return FlResultTx(
+        signer,
+        chain,
+        _uint(doc["round"], k, "round"),
+        _text(doc["task"], k, "task", _MAX_TASK),
+        _hash(doc["base"], k, "base"),
+        _hash(doc["model"], k, "model"),
+        participants,
+        tuple(rejected),
+        _text(doc["aggregator"], k, "aggregator", _MAX_TASK),
+        None if eps is None else float(eps),
+        msg,
+    )
+
+
+def build_fl_round(
+    key: SigningKey,
+    did: str,
+    *,
+    chain_id: str,
+    round: int,
+    task: str,
+    base: bytes,
+    deadline_ms: int,
+    config: Mapping[str, int | float | str] | None = None,
+) -> bytes:
+    payload = {
+        "chain": chain_id,
+        "round": round,
+        "task": task,
+        "base": bytes(base),
+        "deadline": deadline_ms,
+        "config": dict(config or {}),
+    }
+    tx = _sign(key, did, FL_ROUND_CONTENT_TYPE, payload)
+    decode_fl_round(tx, chain_id=chain_id)
+    return tx
+
+
+def build_fl_result(
+    key: SigningKey,
+    did: str,
+    *,
+    chain_id: str,
+    round: int,
+    task: str,
+    base: bytes,
+    model: bytes,
+    participants: Iterable[str],
+    rejected: Iterable[tuple[str, str]] = (),
+    aggregator: str,
+    epsilon: float | None = None,
+) -> bytes:
+    payload: dict[str, Any] = {
+        "chain": chain_id,
+        "round": round,
+        "task": task,
+        "base": bytes(base),
+        "model": bytes(model),
+        "participants": list(participants),
+        "rejected": [[d, r] for d, r in rejected],
+        "aggregator": aggregator,
+    }
+    if epsilon is not None:
+        payload["epsilon"] = float(epsilon)
+    tx = _sign(key, did, FL_RESULT_CONTENT_TYPE, payload)
+    decode_fl_result(tx, chain_id=chain_id)
     return tx
