@@ -1,0 +1,497 @@
+"""Federated learning over the cell: the RSU coordinates rounds on the ledger, OBUs train locally
+and load only models whose id is committed.
+
+Model id (what the ledger commits): ``model_id(tflite_sha256, weights)`` = SHA-256 over a
+label, the .tflite file's SHA-256 (the architecture and its train signature) and the weights as
+little-endian float32. The genesis names the starting model(s) (``Genesis.models``); every
+round's ``FL_RESULT`` transaction commits the next.
+
+Messages (deterministic CBOR in a COSE_Sign1 by the sender's device key):
+
+* ``acc/v1/cell/{cell}/fl/model`` (retained), RSU -> OBUs, the cell's FL state::
+
+      {"task", "model": {"id", "tflite", "weights": bstr f32, "proof": P / null},
+       "round": {"tx": bstr, "proof": P} / null}
+      P = {"tx": bstr, "height": uint, "index": uint, "size": uint, "path": [* bstr]}
+
+  ``model.proof`` is the inclusion proof of the FL_RESULT tx that committed ``model.id`` (null
+  for a genesis model); ``round`` is the open round's FL_ROUND tx with its proof. An OBU checks
+  each proof with its light client (a header it verified by a commit certificate) before it
+  loads a model or trains for a round -- a model not committed on the ledger is refused.
+* ``acc/v1/cell/{cell}/fl/{node}``, OBU -> RSU, an update::
+
+      {"task", "round", "base": model id, "n": samples, "update": bstr f32 (weights delta)}
+
+The RSU verifies each update's signature, round, base and size, clips it to the round's L2
+bound (``clip``) -- or rejects it (NaN, wrong size, late) with a reason that goes into the
+result transaction -- aggregates (``aggregator``: fedavg, median, trimmed_mean, multi_krum via
+``models.fl.aggregate`` when present), and commits the new model id, participants and rejects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import numpy as np
+
+from hal.interfaces import Clock
+from ledger_lite import cbor, cose
+from ledger_lite.attestation import kid_for
+from ledger_lite.block import tx_receipt
+from ledger_lite.didkey import resolve
+from ledger_lite.errors import LedgerError, MalformedError
+from ledger_lite.keys import SigningKey
+from ledger_lite.light import LightClient
+from ledger_lite.merkle import InclusionProof
+from ledger_lite.txs import build_fl_result, build_fl_round, decode_fl_result, decode_fl_round, tx_id
+
+from . import topics
+from .mqtt import Dispatcher, Message, MqttClient
+
+__all__ = ["FlClient", "FlCoordinator", "Trainer", "model_id"]
+
+log = logging.getLogger(__name__)
+
+MAX_WEIGHTS: Final = 1 << 20  # float32 values in a model / update
+
+
+class Trainer(Protocol):
+    """The on-device model (``models.tflite_model.TfliteModel`` or a stand-in)."""
+
+    def get_weights(self) -> np.ndarray: ...
+
+    def set_weights(self, w: np.ndarray) -> None: ...
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> float: ...
+
+
+def model_id(tflite_sha256: bytes, weights: np.ndarray) -> bytes:
+    w = np.ascontiguousarray(weights, dtype="<f4")
+    return hashlib.sha256(b"acc-model-v1|" + tflite_sha256 + w.tobytes()).digest()
+
+
+def _f32(data: Any, what: str) -> np.ndarray:
+    if not isinstance(data, bytes) or len(data) % 4 or len(data) // 4 > MAX_WEIGHTS:
+        raise MalformedError(f"{what}: expected float32 bytes (at most {MAX_WEIGHTS} values)")
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+def _signed(key: SigningKey, did: str, payload: dict[str, Any]) -> bytes:
+    return cose.sign1(cbor.dumps(payload), key, kid=kid_for(did).encode())
+
+
+def _open_signed(data: bytes) -> tuple[str, dict[str, Any]]:
+    """(signer DID, payload) of a COSE_Sign1 by a did:key; raises LedgerError."""
+    msg = cose.decode_sign1(data)
+    kid = (msg.kid or b"").decode(errors="replace")
+    did = kid.partition("#")[0]
+    cose.verify_sign1(msg, resolve(kid))
+    body = cbor.loads(msg.payload or b"")
+    if not isinstance(body, dict):
+        raise MalformedError("FL message: the payload must be a map")
+    return did, body
+
+
+def _proof_item(tx: bytes, height: int, proof: InclusionProof) -> dict[str, Any]:
+    return {"tx": tx, "height": height, "index": proof.leaf_index, "size": proof.tree_size, "path": list(proof.path)}
+
+
+def _proof_from(item: Any) -> tuple[bytes, int, InclusionProof]:
+    if not isinstance(item, dict) or set(item) != {"tx", "height", "index", "size", "path"}:
+        raise MalformedError("FL proof: expected {tx, height, index, size, path}")
+    try:
+        return (
+            item["tx"],
+            int(item["height"]),
+            InclusionProof(int(item["index"]), int(item["size"]), tuple(item["path"])),
+        )
+    except (TypeError, ValueError) as err:
+        raise MalformedError(f"FL proof: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# RSU: the round coordinator
+
+
+@dataclass
+class _Round:
+    number: int
+    base: bytes
+    base_weights: np.ndarray
+    tx: bytes
+    deadline: float
+    updates: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)  # did -> (n, delta)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+class FlCoordinator:
+    """Runs rounds on an RSU with a ledger node: opens a round on the ledger, publishes the
+    cell's FL state, collects updates until the deadline (or ``max_clients``), aggregates,
+    commits the result and publishes the new model."""
+
+    def __init__(
+        self,
+        *,
+        node: Any,  # agent.ledger_node.LedgerNode (submit_tx, app, stored, did)
+        client: MqttClient,
+        dispatcher: Dispatcher,
+        key: SigningKey,
+        clock: Clock,
+        task: str,
+        tflite_sha256: bytes,
+        weights: np.ndarray,
+        round_seconds: float = 20.0,
+        pause_seconds: float = 2.0,
+        min_clients: int = 2,
+        max_clients: int = 100,
+        clip: float = 1.0,
+        aggregator: str = "fedavg",
+        rounds: int | None = None,
+    ) -> None:
+        self.node, self.client, self.key, self.clock = node, client, key, clock
+        self.did = node.did
+        self.task, self.tflite = task, tflite_sha256
+        self.weights = np.asarray(weights, dtype=np.float32)
+        self.model = model_id(tflite_sha256, self.weights)
+        self.model_proof: dict[str, Any] | None = None
+        self.round_seconds, self.pause_seconds = round_seconds, pause_seconds
+        self.min_clients, self.max_clients = min_clients, max_clients
+        self.clip, self.aggregator, self.rounds = clip, aggregator, rounds
+        self.current: _Round | None = None
+        self.history: list[dict[str, Any]] = []
+        self.counters = {"updates": 0, "rejected": 0, "rounds": 0}
+        self._arrived = asyncio.Event()
+        dispatcher.on(topics.MessageKind.FL_UPDATE, self._on_update)
+
+    async def run(self) -> None:
+        await self.client.subscribe(topics.kind_filter(topics.MessageKind.FL_UPDATE, self.client.cell))
+        if not self.node.app.model_committed(self.model):
+            raise LedgerError(f"FL: the starting model {self.model.hex()[:16]} is not committed (genesis models)")
+        last = self.node.app.fl_status(self.task)
+        number = last["round"]
+        while self.rounds is None or self.counters["rounds"] < self.rounds:
+            number += 1
+            await self._round(number)
+            await self.clock.sleep(self.pause_seconds)
+
+    async def _commit_tx(self, tx: bytes) -> tuple[int, InclusionProof]:
+        """Submit ``tx`` to our node's mempool, wait until it is committed; its (height, proof)."""
+        res = self.node.submit_tx(tx)
+        if res.status.value not in ("added", "duplicate", "committed"):
+            raise LedgerError(f"FL: the ledger refused our transaction: {res.reason}")
+        await self.client.publish(topics.tx(self.client.cell), tx)  # to the other RSUs' mempools
+        tid = tx_id(tx)
+        while (where := self.node.app.receipt_location(tid)) is None:
+            await self.clock.sleep(0.1)
+        block, _ = await self.node.stored(where[0])
+        _, proof = tx_receipt(block, where[1])
+        return where[0], proof
+
+    async def _round(self, number: int) -> None:
+        deadline = self.clock.time() + self.round_seconds
+        tx = build_fl_round(
+            self.key,
+            self.did,
+            chain_id=self.node.genesis.chain_id,
+            round=number,
+            task=self.task,
+            base=self.model,
+            deadline_ms=int(deadline * 1000),
+            config={"clip": self.clip, "aggregator": self.aggregator, "min_clients": self.min_clients},
+        )
+        height, proof = await self._commit_tx(tx)
+        rnd = _Round(number, self.model, self.weights.copy(), tx, deadline)
+        self.current = rnd
+        await self._publish_state(round_proof=_proof_item(tx, height, proof))
+        log.info("fl: round %d of %s open until %.0f (base %s)", number, self.task, deadline, self.model.hex()[:12])
+        while self.clock.time() < rnd.deadline and len(rnd.updates) < self.max_clients:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), max(0.05, rnd.deadline - self.clock.time()))
+            except TimeoutError:
+                pass
+        self.current = None
+        accepted = rnd.updates
+        if len(accepted) < self.min_clients:
+            log.warning(
+                "fl: round %d: %d updates, fewer than %d: the model stays", number, len(accepted), self.min_clients
+            )
+            new = self.weights
+        else:
+            new = self.weights + self._aggregate(accepted, rnd.rejected)
+        new_id = model_id(self.tflite, new)
+        result = build_fl_result(
+            self.key,
+            self.did,
+            chain_id=self.node.genesis.chain_id,
+            round=number,
+            task=self.task,
+            base=rnd.base,
+            model=new_id,
+            participants=sorted(accepted),
+            rejected=sorted(rnd.rejected.items()),
+            aggregator=self.aggregator,
+        )
+        height, proof = await self._commit_tx(result)
+        self.weights, self.model = new.astype(np.float32), new_id
+        self.model_proof = _proof_item(result, height, proof)
+        self.counters["rounds"] += 1
+        self.history.append(
+            {"round": number, "model": new_id.hex(), "participants": len(accepted), "rejected": dict(rnd.rejected)}
+        )
+        await self._publish_state(round_proof=None)
+        log.info(
+            "fl: round %d committed model %s (%d updates, %d rejected)",
+            number,
+            new_id.hex()[:12],
+            len(accepted),
+            len(rnd.rejected),
+        )
+
+    def _aggregate(self, accepted: dict[str, tuple[int, np.ndarray]], rejected: dict[str, str]) -> np.ndarray:
+        dids = sorted(accepted)
+        updates = np.stack([accepted[d][1] for d in dids])
+        counts = np.array([accepted[d][0] for d in dids], dtype=np.float64)
+        from models.fl import aggregate as agg
+
+        if self.aggregator != "fedavg" and hasattr(agg, self.aggregator):
+            out = getattr(agg, self.aggregator)(updates)
+            return np.asarray(out[0] if isinstance(out, tuple) else getattr(out, "aggregate", out), dtype=np.float32)
+        return np.asarray((updates * (counts / counts.sum())[:, None]).sum(axis=0), dtype=np.float32)
+
+    async def _publish_state(self, *, round_proof: dict[str, Any] | None) -> None:
+        state = {
+            "task": self.task,
+            "model": {
+                "id": self.model,
+                "tflite": self.tflite,
+                "weights": self.weights.astype("<f4").tobytes(),
+                "proof": self.model_proof,
+            },
+            "round": round_proof,
+        }
+        await self.client.publish(topics.fl_model(self.client.cell), _signed(self.key, self.did, state))
+
+    def _on_update(self, topic: topics.Topic, msg: Message) -> None:
+        rnd = self.current
+        if topic.cell != self.client.cell or rnd is None:
+            return
+        try:
+            did, body = _open_signed(msg.payload)
+            if body.get("task") != self.task or body.get("round") != rnd.number or body.get("base") != rnd.base:
+                raise MalformedError(f"update for {body.get('task')}/{body.get('round')}, not this round")
+            delta = _f32(body.get("update"), "update")
+            n = body.get("n")
+            if not isinstance(n, int) or n < 1:
+                raise MalformedError("update: n must be a positive integer")
+        except LedgerError as err:
+            self.counters["rejected"] += 1
+            log.info("fl: update on %s refused: %s", topic.path, err)
+            return
+        if self.clock.time() > rnd.deadline:
+            rnd.rejected[did] = "late"
+        elif delta.shape != rnd.base_weights.shape:
+            rnd.rejected[did] = f"size {delta.size}, the model has {rnd.base_weights.size}"
+        elif not np.all(np.isfinite(delta)):
+            rnd.rejected[did] = "not finite"
+        else:
+            norm = float(np.linalg.norm(delta))
+            if norm > self.clip:  # norm bounding: scale down to the round's clip
+                delta = delta * (self.clip / norm)
+            rnd.updates[did] = (n, delta)
+            rnd.rejected.pop(did, None)
+            self.counters["updates"] += 1
+        self._arrived.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": "coordinator",
+            "task": self.task,
+            "model": self.model.hex(),
+            "round": None if self.current is None else self.current.number,
+            "updates_this_round": 0 if self.current is None else len(self.current.updates),
+            "history": self.history[-5:],
+            **self.counters,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# OBU: the client
+
+
+class FlClient:
+    """An OBU's side: follows the cell's FL state, loads only committed models (checked with the
+    light client of the cell), trains for open rounds on local windows and sends clipped updates."""
+
+    def __init__(
+        self,
+        *,
+        client: MqttClient,
+        dispatcher: Dispatcher,
+        key: SigningKey,
+        did: str,
+        clock: Clock,
+        task: str,
+        trainer: Trainer,
+        tflite_sha256: bytes,
+        light: Callable[[], LightClient | None],
+        genesis_models: tuple[bytes, ...],
+        data: Callable[[], tuple[np.ndarray, np.ndarray]],
+        min_samples: int = 32,
+        epochs: int = 2,
+        batch: int = 32,
+        clip: float = 1.0,
+    ) -> None:
+        self.client, self.key, self.did, self.clock = client, key, did, clock
+        self.task, self.trainer, self.tflite = task, trainer, tflite_sha256
+        self.light, self.genesis_models = light, genesis_models
+        self.data = data
+        self.min_samples, self.epochs, self.batch, self.clip = min_samples, epochs, batch, clip
+        self.model: bytes | None = None
+        self.rounds_done: set[int] = set()
+        self.last_update: dict[str, Any] | None = None
+        self.refused: dict[str, int] = {}
+        self._states: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
+        dispatcher.on(topics.MessageKind.FL_MODEL, self._on_state)
+
+    def _on_state(self, topic: topics.Topic, msg: Message) -> None:
+        if topic.cell == self.client.cell and msg.payload:
+            if self._states.full():
+                self._states.get_nowait()  # only the newest state matters
+            self._states.put_nowait(msg.payload)
+
+    def _refuse(self, why: str) -> None:
+        self.refused[why] = self.refused.get(why, 0) + 1
+        log.warning("fl: %s", why)
+
+    async def run(self) -> None:
+        await self.client.subscribe(topics.fl_model(self.client.cell).path)
+        while True:
+            payload = await self._states.get()
+            try:
+                await self.handle_state(payload)
+            except LedgerError as err:
+                self._refuse(f"state refused: {err}")
+
+    def _included(self, item: Any) -> bytes:
+        """The tx of a proof item, once the light client shows it is in a verified block."""
+        tx, height, proof = _proof_from(item)
+        light = self.light()
+        if light is None:
+            raise LedgerError("no light client for this cell yet")
+        light.verify_receipt(tx, height, proof)  # raises for an unverified height or a bad path
+        return tx
+
+    async def handle_state(self, payload: bytes) -> None:
+        _signer, state = _open_signed(payload)
+        if state.get("task") != self.task:
+            return
+        m = state.get("model")
+        if not isinstance(m, dict):
+            raise MalformedError("FL state: model missing")
+        weights = _f32(m.get("weights"), "model.weights")
+        mid = model_id(self.tflite, weights)
+        if m.get("tflite") != self.tflite or m.get("id") != mid:
+            self._refuse("a model that is not this architecture's or whose id does not match its weights")
+            return
+        if m.get("proof") is None:
+            committed = mid in self.genesis_models
+        else:
+            tx = await self._wait_included(m["proof"])
+            committed = tx is not None and decode_fl_result(tx).model == mid
+        if not committed:
+            self._refuse(f"model {mid.hex()[:16]} is not committed on the ledger: not loaded")
+            return
+        if mid != self.model:
+            await asyncio.to_thread(self.trainer.set_weights, weights)
+            self.model = mid
+            log.info("fl: loaded committed model %s", mid.hex()[:16])
+        r = state.get("round")
+        if r is None:
+            return
+        tx = await self._wait_included(r)
+        if tx is None:
+            self._refuse("an FL round that is not on the ledger: not trained")
+            return
+        rnd = decode_fl_round(tx)
+        if rnd.task != self.task or rnd.base != self.model or rnd.round in self.rounds_done:
+            return
+        if self.clock.time() * 1000 > rnd.deadline_ms:
+            return
+        await self._train_and_send(rnd.round, weights, float(rnd.config.get("clip", self.clip)))
+
+    async def _wait_included(self, item: Any, limit: float = 10.0) -> bytes | None:
+        """The light client may not have the block yet: retry for up to ``limit`` seconds."""
+        deadline = self.clock.monotonic() + limit
+        while True:
+            try:
+                return self._included(item)
+            except LedgerError as err:
+                if self.clock.monotonic() > deadline:
+                    log.info("fl: proof not verifiable: %s", err)
+                    return None
+            await self.clock.sleep(0.2)
+
+    async def _train_and_send(self, number: int, base: np.ndarray, clip: float) -> None:
+        x, y = self.data()
+        if len(x) < self.min_samples:
+            log.info("fl: round %d: %d local windows, %d needed: not taking part", number, len(x), self.min_samples)
+            return
+        started = time.perf_counter()
+        loss = await asyncio.to_thread(self._train, x, y)
+        new = await asyncio.to_thread(self.trainer.get_weights)
+        delta = np.asarray(new, dtype=np.float32) - base
+        norm = float(np.linalg.norm(delta))
+        if norm > clip:
+            delta *= clip / norm
+        await asyncio.to_thread(self.trainer.set_weights, base)  # keep the committed model loaded
+        body = {
+            "task": self.task,
+            "round": number,
+            "base": self.model,
+            "n": int(len(x)),
+            "update": delta.astype("<f4").tobytes(),
+        }
+        assert self.model is not None
+        await self.client.publish(
+            topics.fl_update(self.client.cell, self.client.node_id), _signed(self.key, self.did, body)
+        )
+        self.rounds_done.add(number)
+        self.last_update = {
+            "round": number,
+            "samples": int(len(x)),
+            "loss": round(loss, 4),
+            "norm": round(min(norm, clip), 4),
+            "clipped": norm > clip,
+            "seconds": round(time.perf_counter() - started, 3),
+            "at": self.clock.time(),
+        }
+        log.info("fl: round %d: sent an update from %d windows (loss %.3f)", number, len(x), loss)
+
+    def _train(self, x: np.ndarray, y: np.ndarray) -> float:
+        rng = np.random.default_rng(len(x))
+        loss = 0.0
+        for _ in range(self.epochs):
+            order = rng.permutation(len(x))
+            for i in range(0, len(order) - self.batch + 1, self.batch):
+                idx = order[i : i + self.batch]
+                loss = float(self.trainer.train_step(x[idx].astype(np.float32), y[idx].astype(np.int32)))
+        return loss
+
+    def status(self) -> dict[str, Any]:
+        x, _ = self.data()
+        return {
+            "role": "client",
+            "task": self.task,
+            "model": None if self.model is None else self.model.hex(),
+            "local_windows": int(len(x)),
+            "rounds_done": sorted(self.rounds_done)[-10:],
+            "last_update": self.last_update,
+            "refused": dict(self.refused),
+        }
