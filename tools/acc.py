@@ -24,6 +24,7 @@ _GROUPS = {
     "keys": "tools.cli_keys",
     "attest": "tools.cli_attest",
     "ledger": "tools.cli_ledger",
+    "fl": "tools.cli_fl",
 }
 
 
