@@ -24,6 +24,7 @@ from typing import Any, Literal
 __all__ = [
     "AgentConfig",
     "AttestConfig",
+    "BehaviourConfig",
     "CameraConfig",
     "CanBusConfig",
     "Config",
@@ -31,9 +32,11 @@ __all__ = [
     "FusionConfig",
     "GnssConfig",
     "LedgerConfig",
+    "FlConfig",
     "CellConfig",
     "Pc5Config",
     "OutboxConfig",
+    "SpeedZoneConfig",
     "MqttConfig",
     "TrustConfig",
     "load_config",
@@ -273,6 +276,61 @@ class CellConfig:
 
 
 @dataclass(frozen=True)
+class SpeedZoneConfig:
+    limit_kmh: float = _doc("speed limit in the zone, km/h")
+    name: str = _doc("a name for logs", "")
+    lat: float = _doc("circle: centre latitude, degrees WGS84", 0.0)
+    lon: float = _doc("circle: centre longitude, degrees WGS84", 0.0)
+    radius_m: float = _doc("circle: radius, metres (0: use polygon)", 0.0)
+    polygon: tuple[tuple[float, ...], ...] = _doc("polygon instead: [[lat, lon], ...], at least 3 corners", ())
+
+
+@dataclass(frozen=True)
+class BehaviourConfig:
+    enabled: bool = _doc("OBU: detect driving events on the VehicleState stream and attest them", False)
+    harsh_brake_mps2: float = _doc("harsh braking at this deceleration, m/s^2 (0.35 g; 0: off)", 3.43)
+    harsh_accel_mps2: float = _doc("harsh acceleration at this acceleration, m/s^2 (0.35 g; 0: off)", 3.43)
+    harsh_corner_mps2: float = _doc("harsh cornering at this |lateral acceleration|, m/s^2 (0.35 g; 0: off)", 3.43)
+    hysteresis_mps2: float = _doc("a harsh event lasts while the value stays above threshold - this, m/s^2", 0.5)
+    harsh_min_duration: float = _doc("shortest harsh event, seconds", 0.5)
+    max_gap: float = _doc("missing data longer than this ends an event, seconds", 1.5)
+    speed_limit_kmh: float = _doc("speed limit outside every zone, km/h (0: none)", 0.0)
+    speed_tolerance_kmh: float = _doc("speeding only above limit + this, km/h", 5.0)
+    speeding_min_duration: float = _doc("shortest speeding event, seconds", 10.0)
+    speed_zones: tuple[SpeedZoneConfig, ...] = _doc("zones with their own limit, [[behaviour.speed_zones]]", ())
+    driving_limit_h: float = _doc("continuous driving before a break is due, hours (EU 561/2006: 4.5; 0: off)", 4.5)
+    break_min: float = _doc("a stop at least this long resets the driving time, minutes (EU 561/2006: 45)", 45.0)
+    fatigue: bool = _doc("fatigue score from steering reversals (yaw-rate proxy) and driving time", True)
+    fatigue_threshold: float = _doc("fatigue event when the score (0..1) stays at or above this", 0.7)
+    fatigue_min_duration: float = _doc("seconds the fatigue score must stay above the threshold", 60.0)
+    steering_gap_deg: float = _doc("smallest steering reversal counted, degrees of steering-wheel angle", 2.5)
+    perclos: bool = _doc("PERCLOS from the cabin camera (needs camera.backend and eye_model)", True)
+    eye_model: str = _doc("eye-state model 'package.module:factory' (none ships; '' = no PERCLOS)", "")
+    perclos_threshold: float = _doc("drowsiness event when PERCLOS (P80, 60 s window) stays at or above this", 0.15)
+    perclos_min_duration: float = _doc("seconds PERCLOS must stay above its threshold", 10.0)
+    perclos_rate_hz: float = _doc("camera frames per second given to the eye-state model", 5.0)
+    queue_max: int = _doc("events waiting to be attested; more are dropped and counted", 256)
+
+
+@dataclass(frozen=True)
+class FlConfig:
+    enabled: bool = _doc("federated learning of the behaviour model with the cell (needs ledger.enabled)", False)
+    task: str = _doc("the model task trained in the cell's rounds", "dbm")
+    model_manifest: str = _doc("manifest JSON of the on-device model ('' = the model shipped in models/data)", "")
+    coordinator: bool = _doc("RSU: open rounds, aggregate updates and commit results (one RSU per cell)", False)
+    round_seconds: float = _doc("RSU: how long a round collects updates, seconds", 60.0)
+    pause_seconds: float = _doc("RSU: pause between rounds, seconds", 300.0)
+    min_clients: int = _doc("RSU: fewest updates for a new model (fewer: the model stays)", 3)
+    max_clients: int = _doc("RSU: the round closes early with this many updates", 100)
+    clip: float = _doc("L2 bound of an update (clients clip to it, the RSU scales larger ones down)", 1.0)
+    aggregator: Literal["fedavg", "coordinate_median", "trimmed_mean", "multi_krum"] = _doc(
+        "RSU: how updates are combined (robust ones need individual updates: no secure aggregation)", "fedavg"
+    )
+    min_samples: int = _doc("OBU: fewest labelled local windows to take part in a round", 32)
+    epochs: int = _doc("OBU: passes over the local windows per round", 2)
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = _doc("runtime", None, default_factory=AgentConfig)
     can: tuple[CanBusConfig, ...] = _doc("CAN buses, one [[can]] table each", ())
@@ -286,6 +344,10 @@ class Config:
     ledger: LedgerConfig = _doc("the cell ledger (RSU)", None, default_factory=LedgerConfig)
     pc5: Pc5Config = _doc("V2V sidelink emulation (OBU)", None, default_factory=Pc5Config)
     cell: CellConfig = _doc("cell announcement, admission and handover", None, default_factory=CellConfig)
+    fl: FlConfig = _doc("federated learning", None, default_factory=FlConfig)
+    behaviour: BehaviourConfig = _doc(
+        "driving-behaviour rules, fatigue and PERCLOS (OBU)", None, default_factory=BehaviourConfig
+    )
 
 
 def load_config(
@@ -532,6 +594,7 @@ def _check(cfg: Config) -> list[str]:
     if not 0 < cfg.outbox.resend_after <= cfg.outbox.resend_max:
         problems.append("outbox.resend_after: must be > 0 and <= outbox.resend_max")
     problems.extend(_check_ledger(cfg))
+    problems.extend(_check_fl(cfg))
     if cfg.attest.summary_interval < 0:
         problems.append("attest.summary_interval: must be >= 0")
     if not 0 <= cfg.trust.skew < 86400:
@@ -545,6 +608,25 @@ def _check(cfg: Config) -> list[str]:
     problems.extend(_check_mqtt(cfg.mqtt))
     problems.extend(_check_cell(cfg))
     problems.extend(_check_pc5(cfg))
+    problems.extend(_check_behaviour(cfg))
+    return problems
+
+
+def _check_fl(cfg: Config) -> list[str]:
+    fl = cfg.fl
+    problems = []
+    if fl.enabled and not cfg.ledger.enabled:
+        problems.append("fl.enabled: needs ledger.enabled (rounds and models are committed on the cell ledger)")
+    if fl.coordinator and cfg.agent.role != "rsu":
+        problems.append("fl.coordinator: only an RSU coordinates rounds")
+    if fl.model_manifest and not Path(fl.model_manifest).is_file():
+        problems.append(f"fl.model_manifest: file {fl.model_manifest} does not exist")
+    if fl.round_seconds <= 0 or fl.pause_seconds < 0:
+        problems.append("fl.round_seconds must be > 0 and fl.pause_seconds >= 0")
+    if not 1 <= fl.min_clients <= fl.max_clients:
+        problems.append("fl.min_clients: must be >= 1 and <= fl.max_clients")
+    if not fl.clip > 0 or fl.min_samples < 1 or fl.epochs < 1:
+        problems.append("fl.clip must be > 0, fl.min_samples and fl.epochs >= 1")
     return problems
 
 
@@ -699,4 +781,57 @@ def _check_cell(cfg: Config) -> list[str]:
     for i, h in enumerate(c.genesis_hashes):
         if not re.fullmatch(r"[0-9a-fA-F]{64}", h):
             problems.append(f"cell.genesis_hashes[{i}]: {h!r} is not 64 hex digits (SHA-256)")
+    return problems
+
+
+def _check_behaviour(cfg: Config) -> list[str]:
+    b = cfg.behaviour
+    problems: list[str] = []
+    for key in ("harsh_brake_mps2", "harsh_accel_mps2", "harsh_corner_mps2"):
+        value = getattr(b, key)
+        if not (value == 0 or 0.5 <= value <= 20):
+            problems.append(f"behaviour.{key}: {value} is outside 0.5..20 m/s^2 (0 turns it off)")
+        elif value and not 0 <= b.hysteresis_mps2 < value:
+            problems.append(f"behaviour.hysteresis_mps2: must be within 0..behaviour.{key}")
+    for key in ("harsh_min_duration", "speeding_min_duration", "fatigue_min_duration", "perclos_min_duration"):
+        if getattr(b, key) < 0:
+            problems.append(f"behaviour.{key}: must be >= 0")
+    if b.max_gap <= 0:
+        problems.append("behaviour.max_gap: must be > 0")
+    if not 0 <= b.speed_limit_kmh <= 500:
+        problems.append(f"behaviour.speed_limit_kmh: {b.speed_limit_kmh} is outside 0..500 km/h")
+    if not 0 <= b.speed_tolerance_kmh <= 100:
+        problems.append(f"behaviour.speed_tolerance_kmh: {b.speed_tolerance_kmh} is outside 0..100 km/h")
+    for i, z in enumerate(b.speed_zones):
+        where = f"behaviour.speed_zones[{i}]"
+        if not 0 < z.limit_kmh <= 500:
+            problems.append(f"{where}.limit_kmh: {z.limit_kmh} is outside 0..500 km/h")
+        if z.radius_m < 0:
+            problems.append(f"{where}.radius_m: must be >= 0")
+        if z.radius_m > 0:
+            if not -90 <= z.lat <= 90 or not -180 <= z.lon <= 180:
+                problems.append(f"{where}.lat / lon: outside -90..90 / -180..180 degrees")
+        elif len(z.polygon) < 3:
+            problems.append(f"{where}: needs radius_m > 0 or a polygon of at least 3 corners")
+        for j, corner in enumerate(z.polygon):
+            if len(corner) != 2 or not -90 <= corner[0] <= 90 or not -180 <= corner[1] <= 180:
+                problems.append(f"{where}.polygon[{j}]: {list(corner)} is not [lat, lon] in degrees")
+    if not 0 <= b.driving_limit_h <= 24:
+        problems.append(f"behaviour.driving_limit_h: {b.driving_limit_h} is outside 0..24 h")
+    if not 0 < b.break_min <= 24 * 60:
+        problems.append(f"behaviour.break_min: {b.break_min} is outside 0..1440 minutes")
+    if not 0 < b.fatigue_threshold <= 1:
+        problems.append("behaviour.fatigue_threshold: must be within 0..1 (not 0)")
+    if not 0.1 <= b.steering_gap_deg <= 45:
+        problems.append("behaviour.steering_gap_deg: must be within 0.1..45 degrees")
+    if not 0 < b.perclos_threshold < 1:
+        problems.append("behaviour.perclos_threshold: must be within 0..1 (exclusive)")
+    if not 0 < b.perclos_rate_hz <= 60:
+        problems.append("behaviour.perclos_rate_hz: must be within 0..60 (not 0)")
+    if b.eye_model and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", b.eye_model):
+        problems.append(f"behaviour.eye_model: {b.eye_model!r} is not 'package.module:factory'")
+    if not 1 <= b.queue_max <= 100_000:
+        problems.append("behaviour.queue_max: must be within 1..100000")
+    if b.enabled and cfg.agent.role != "obu":
+        problems.append("behaviour.enabled: only an OBU (agent.role = 'obu') sees a vehicle")
     return problems

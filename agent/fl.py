@@ -358,6 +358,8 @@ class FlClient:
         self.last_update: dict[str, Any] | None = None
         self.refused: dict[str, int] = {}
         self._states: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
+        #: called (in a worker thread) with the weights of each committed model loaded
+        self.model_listeners: list[Callable[[np.ndarray], None]] = []
         dispatcher.on(topics.MessageKind.FL_MODEL, self._on_state)
 
     def _on_state(self, topic: topics.Topic, msg: Message) -> None:
@@ -411,6 +413,8 @@ class FlClient:
         if mid != self.model:
             await asyncio.to_thread(self.trainer.set_weights, weights)
             self.model = mid
+            for listener in self.model_listeners:  # e.g. the behaviour detector's own copy
+                await asyncio.to_thread(listener, weights)
             log.info("fl: loaded committed model %s", mid.hex()[:16])
         r = state.get("round")
         if r is None:
@@ -479,7 +483,7 @@ class FlClient:
         loss = 0.0
         for _ in range(self.epochs):
             order = rng.permutation(len(x))
-            for i in range(0, len(order) - self.batch + 1, self.batch):
+            for i in range(0, len(order), self.batch):  # the last batch may be short (the trainer pads)
                 idx = order[i : i + self.batch]
                 loss = float(self.trainer.train_step(x[idx].astype(np.float32), y[idx].astype(np.int32)))
         return loss
@@ -495,3 +499,75 @@ class FlClient:
             "last_update": self.last_update,
             "refused": dict(self.refused),
         }
+
+
+# --------------------------------------------------------------------------------------------
+# OBU: labelled local windows
+
+
+class LocalWindows:
+    """A ``StateSink`` turning the OBU's 10 Hz ``VehicleState`` into labelled training windows:
+    every ``models.features.HOP_S`` a window of the last ``WINDOW_S`` seconds -> the model's 16
+    features. Labels come from the rules the model was trained with (``models.dataset``): a
+    window whose strongest sample passes 0.35 g is a harsh brake / acceleration / corner by its
+    larger axis, otherwise normal. Weaving is never labelled locally (no rule sees it; a
+    confirmed-event channel would). At most ``max_windows`` recent windows are kept."""
+
+    def __init__(self, *, max_windows: int = 2000) -> None:
+        from models.features import HOP_S, WINDOW_S
+
+        self.window, self.hop = WINDOW_S, HOP_S
+        self.max_windows = max_windows
+        self._states: list[Any] = []
+        self._x: list[np.ndarray] = []
+        self._y: list[int] = []
+        self._next_at: float | None = None
+
+    def __call__(self, s: Any) -> None:
+        from models.dataset import HARSH_G
+        from models.features import CLASSES, window_features
+
+        self._states.append(s)
+        t = s.monotonic
+        while self._states and self._states[0].monotonic < t - self.window - 1.0:
+            self._states.pop(0)
+        if self._next_at is None:
+            self._next_at = t + self.window
+        if t < self._next_at:
+            return
+        self._next_at = t + self.hop
+        win = [x for x in self._states if x.monotonic >= t - self.window]
+        ax = np.array([x.accel_longitudinal if x.accel_longitudinal is not None else 0.0 for x in win])
+        ay = np.array([x.accel_lateral if x.accel_lateral is not None else 0.0 for x in win])
+        if not len(win) or all(x.speed is None for x in win):
+            return
+        mag = np.hypot(ax, ay)
+        label = CLASSES.index("normal")
+        if mag.size and mag.max() >= HARSH_G * 9.80665:
+            i = int(np.argmax(mag))
+            if abs(ax[i]) >= abs(ay[i]):
+                label = CLASSES.index("harsh_brake" if ax[i] < 0 else "harsh_accel")
+            else:
+                label = CLASSES.index("harsh_corner")
+        self._x.append(window_features(win))
+        self._y.append(label)
+        if len(self._x) > self.max_windows:
+            del self._x[0], self._y[0]
+
+    def data(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self._x:
+            return np.zeros((0, 16), np.float32), np.zeros(0, np.int32)
+        return np.stack(self._x).astype(np.float32), np.asarray(self._y, dtype=np.int32)
+
+
+def initial_model(manifest_path: str = "") -> tuple[Any, bytes, np.ndarray]:
+    """(TfliteModel, .tflite SHA-256, its shipped weights) of the configured or shipped model;
+    the manifest's hash is checked (a mismatch raises ``models.manifest.ModelHashMismatch``)."""
+    from pathlib import Path
+
+    from models.manifest import default_manifest, load_model
+    from models.tflite_model import TfliteModel
+
+    manifest, path = load_model(Path(manifest_path) if manifest_path else default_manifest("dbm"))
+    model = TfliteModel(path)
+    return model, bytes.fromhex(manifest.sha256), model.get_weights()

@@ -34,7 +34,11 @@ from .services import CameraService, CanService, GnssService, HealthService, Sta
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
+    from models.learned import LearnedDetector
+
     from .admission import CellAnnouncer, CellJoiner
+    from .behaviour import BehaviourService
+    from .fl import FlClient, FlCoordinator
     from .ledger_node import LedgerNode
     from .pc5.service import Pc5Wiring
     from .receipts import CellReceipts
@@ -161,6 +165,11 @@ class Agent:
         self.cell: CellAnnouncer | CellJoiner | None = None
         #: the OBU's emulated PC5 sidelink (agent/pc5/service.py)
         self.pc5: Pc5Wiring | None = None
+        #: federated learning: the RSU's coordinator or the OBU's client (agent/fl.py)
+        self.fl: FlCoordinator | FlClient | None = None
+        #: rules, fatigue and PERCLOS detectors turning the drive into driving_event attestations
+        self.behaviour: BehaviourService | None = None
+        self.learned: LearnedDetector | None = None
         self.started_mono = 0.0
         self._stop: asyncio.Event | None = None
         #: set once run() has built every service (tests and embedders wait on it)
@@ -211,6 +220,12 @@ class Agent:
             self.state_service = StateService(self.fusion, self.clock, cfg.fusion.rate_hz, self.state_sinks)
             self.supervisor.add("state", self.state_service.run)
         self._build_attestor()
+        from .behaviour import build_behaviour
+
+        self.behaviour = build_behaviour(self)
+        if self.behaviour is not None:
+            self.supervisor.add(self.behaviour.name, self.behaviour.run)
+            self._build_learned_detector()
         self._build_access()
         self._build_network()
         self._build_ledger()
@@ -221,6 +236,7 @@ class Agent:
             self.supervisor.add(self.cell.name, self.cell.run)
             if isinstance(self.cell, CellJoiner):
                 self.cell.on_change(self._follow_new_cell)
+        self._build_fl()
         from .pc5.service import build_pc5
 
         self.pc5 = build_pc5(self)
@@ -242,6 +258,8 @@ class Agent:
         diag.command("ledger", lambda req: self.ledger_status())
         diag.command("cell", lambda req: self.cell.status() if self.cell is not None else None)
         diag.command("pc5", lambda req: self.pc5.status() if self.pc5 else None)
+        diag.command("fl", lambda req: self.fl.status() if self.fl is not None else None)
+        diag.command("behaviour", lambda req: self.behaviour.status() if self.behaviour else None)
         self.supervisor.add("diagnostics", diag.serve)
         for name, run in self.extra_services:
             self.supervisor.add(name, run)
@@ -398,6 +416,111 @@ class Agent:
             return self.cell.current_cell
         return self.config.mqtt.cell
 
+    def _build_learned_detector(self) -> None:
+        """The behaviour model (weaving -> lane_change events) next to the rules, inference in a
+        worker thread once a second; with FL it follows the committed models."""
+        from models.learned import LearnedDetector
+        from models.manifest import Manifest, ManifestError, default_manifest
+
+        from .fl import initial_model
+
+        assert self.behaviour is not None
+        try:
+            model, _sha, _w = initial_model(self.config.fl.model_manifest)
+            manifest = Manifest.read(self.config.fl.model_manifest or default_manifest("dbm"))
+            version = f"{manifest.name}-{manifest.version}"
+        except (OSError, ValueError, ManifestError) as err:
+            self.health.degraded("behaviour.model", f"no behaviour model: {err}")
+            return
+        detector = LearnedDetector(model, version=version)
+        self.behaviour.add_detector(detector)
+        self.learned = detector
+
+        async def infer() -> None:
+            while True:
+                await self.clock.sleep(1.0)
+                await detector.infer_pending()
+
+        self.supervisor.add("behaviour.model", infer)
+
+    def _build_fl(self) -> None:
+        """Federated learning: the coordinator on the cell's coordinating RSU, the client on OBUs."""
+        cfg = self.config
+        if not cfg.fl.enabled:
+            return
+        if self.identity is None or self.mqtt is None or self.dispatcher is None:
+            self.health.failed("fl", "needs a device key and mqtt.enabled")
+            return
+        from ledger_lite.genesis import Genesis
+        from models.manifest import ManifestError
+
+        from .fl import FlClient, FlCoordinator, LocalWindows, initial_model
+
+        try:
+            model, tflite, weights = initial_model(cfg.fl.model_manifest)
+            genesis = Genesis.from_json(Path(cfg.ledger.genesis_file).read_bytes())
+        except (OSError, ValueError, ManifestError) as err:
+            raise ConfigError([f"fl: {err}"], "fl") from err
+        identity, client, dispatcher = self.identity, self.mqtt, self.dispatcher
+        fl = cfg.fl
+        if cfg.agent.role == "rsu":
+            if not fl.coordinator:
+                return
+
+            async def coordinate() -> None:
+                while self.ledger is None:  # the ledger service opens the node
+                    await self.clock.sleep(0.2)
+                coordinator = FlCoordinator(
+                    node=self.ledger,
+                    client=client,
+                    dispatcher=dispatcher,
+                    key=identity.key,
+                    clock=self.clock,
+                    task=fl.task,
+                    tflite_sha256=tflite,
+                    weights=weights,
+                    round_seconds=fl.round_seconds,
+                    pause_seconds=fl.pause_seconds,
+                    min_clients=fl.min_clients,
+                    max_clients=fl.max_clients,
+                    clip=fl.clip,
+                    aggregator=fl.aggregator,
+                )
+                self.fl = coordinator
+                await coordinator.run()
+
+            self.supervisor.add("fl", coordinate)
+            return
+        windows = LocalWindows()
+        if self.state_service is not None:
+            self.state_service.sinks.append(windows)
+        cell = client.cell
+
+        def light() -> Any:
+            services = self.receipts.services if self.receipts is not None else {}
+            follower = services.get(self.current_cell()) or services.get(cell)
+            return None if follower is None else follower.client
+
+        self.fl = FlClient(
+            client=client,
+            dispatcher=dispatcher,
+            key=identity.key,
+            did=identity.did,
+            clock=self.clock,
+            task=fl.task,
+            trainer=model,
+            tflite_sha256=tflite,
+            light=light,
+            genesis_models=genesis.models,
+            data=windows.data,
+            min_samples=fl.min_samples,
+            epochs=fl.epochs,
+            clip=fl.clip,
+        )
+        if self.learned is not None:
+            self.fl.model_listeners.append(self.learned.model.set_weights)
+        self.supervisor.add("fl", self.fl.run)
+
     def ledger_status(self) -> dict[str, Any] | None:
         """Diagnostics command ``ledger``: an RSU's node (height, last block, peers, validators,
         sync state) or an OBU's light client and receipts."""
@@ -520,6 +643,7 @@ class Agent:
             "attest": self.attestor.status() if self.attestor else None,
             "mqtt": self.mqtt.stats() if self.mqtt else None,
             "pc5": self.pc5.status() if self.pc5 else None,
+            "behaviour": self.behaviour.status() if self.behaviour else None,
             "state": self.last_state(),
         }
 

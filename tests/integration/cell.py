@@ -114,7 +114,9 @@ def heights(rsus: list[Rsu]) -> dict[str, int]:
     return out
 
 
-def write_genesis(path: Path, rsus: list[Rsu], chain_id: str, authority: str | None = None) -> None:
+def write_genesis(
+    path: Path, rsus: list[Rsu], chain_id: str, authority: str | None = None, models: tuple[str, ...] = ()
+) -> None:
     if authority is None:
         authority = did_key(SigningKey.from_private_bytes("Ed25519", b"\x42" * 32).public)
     genesis = {
@@ -122,19 +124,26 @@ def write_genesis(path: Path, rsus: list[Rsu], chain_id: str, authority: str | N
         "genesis_time_ms": int(time.time() * 1000) - 1000,
         "validators": [{"did": r.did, "power": 1} for r in rsus],
         "authorities": {authority: ["road_authority"]},
+        **({"models": list(models)} if models else {}),
     }
     path.write_text(json.dumps(genesis))
 
 
 def start_cell(
-    root: Path, port: int, n: int = 4, cell: str = "cell-rsu", extra: Any = None, authority: str | None = None
+    root: Path,
+    port: int,
+    n: int = 4,
+    cell: str = "cell-rsu",
+    extra: Any = None,
+    authority: str | None = None,
+    models: tuple[str, ...] = (),
 ) -> list[Rsu]:
     """n RSU processes of ``cell`` (chain id = cell id), started and at height 2; ``extra(rsu)``
     gives TOML put before each one's config (top-level tables), ``authority`` the genesis authority."""
     root.mkdir(parents=True, exist_ok=True)
     genesis = root / "genesis.json"
     rsus = [Rsu(root, i, port, genesis, cell) for i in range(n)]
-    write_genesis(genesis, rsus, cell, authority)
+    write_genesis(genesis, rsus, cell, authority, models)
     for r in rsus:
         r.write_config(extra(r) if extra else "")
         r.start()
