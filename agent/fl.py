@@ -255,15 +255,26 @@ class FlCoordinator:
         )
 
     def _aggregate(self, accepted: dict[str, tuple[int, np.ndarray]], rejected: dict[str, str]) -> np.ndarray:
-        dids = sorted(accepted)
-        updates = np.stack([accepted[d][1] for d in dids])
-        counts = np.array([accepted[d][0] for d in dids], dtype=np.float64)
+        """Combine the round's updates with the configured aggregator (``models.fl.aggregate``);
+        clients an aggregator leaves out (Krum's outliers, invalid vectors) go to ``rejected``
+        with its reason, and from there into the result transaction."""
         from models.fl import aggregate as agg
 
-        if self.aggregator != "fedavg" and hasattr(agg, self.aggregator):
-            out = getattr(agg, self.aggregator)(updates)
-            return np.asarray(out[0] if isinstance(out, tuple) else getattr(out, "aggregate", out), dtype=np.float32)
-        return np.asarray((updates * (counts / counts.sum())[:, None]).sum(axis=0), dtype=np.float32)
+        dids = sorted(accepted)
+        updates = [accepted[d][1] for d in dids]
+        counts = [float(accepted[d][0]) for d in dids]
+        f = max(0, (len(dids) - 3) // 2)  # Byzantine clients tolerated by Krum: n >= 2f + 3
+        if self.aggregator == "coordinate_median":
+            res = agg.coordinate_median(updates)
+        elif self.aggregator == "trimmed_mean":
+            res = agg.trimmed_mean(updates, beta=0.2)
+        elif self.aggregator == "multi_krum" and f > 0:
+            res = agg.multi_krum(updates, f)
+        else:
+            res = agg.fedavg(updates, counts)
+        for index, reason in res.rejected.items():
+            rejected[dids[index]] = f"{res.method}: {reason}"
+        return np.asarray(res.aggregate, dtype=np.float32)
 
     async def _publish_state(self, *, round_proof: dict[str, Any] | None) -> None:
         state = {
