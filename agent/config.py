@@ -326,6 +326,9 @@ class FlConfig:
     aggregator: Literal["fedavg", "coordinate_median", "trimmed_mean", "multi_krum"] = _doc(
         "RSU: how updates are combined (robust ones need individual updates: no secure aggregation)", "fedavg"
     )
+    dp_noise: float = _doc(
+        "RSU: central DP noise multiplier (0 = off; FedAvg only): noise std dp_noise * clip on the clipped sum", 0.0
+    )
     min_samples: int = _doc("OBU: fewest labelled local windows to take part in a round", 32)
     epochs: int = _doc("OBU: passes over the local windows per round", 2)
 
@@ -625,6 +628,8 @@ def _check_fl(cfg: Config) -> list[str]:
         problems.append("fl.round_seconds must be > 0 and fl.pause_seconds >= 0")
     if not 1 <= fl.min_clients <= fl.max_clients:
         problems.append("fl.min_clients: must be >= 1 and <= fl.max_clients")
+    if fl.dp_noise < 0 or (fl.dp_noise > 0 and fl.aggregator != "fedavg"):
+        problems.append("fl.dp_noise: must be >= 0, and central DP goes with aggregator fedavg only (docs/fl.md)")
     if not fl.clip > 0 or fl.min_samples < 1 or fl.epochs < 1:
         problems.append("fl.clip must be > 0, fl.min_samples and fl.epochs >= 1")
     return problems

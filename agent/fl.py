@@ -153,8 +153,13 @@ class FlCoordinator:
         clip: float = 1.0,
         aggregator: str = "fedavg",
         rounds: int | None = None,
+        dp_noise: float = 0.0,
+        dp_delta: float = 1e-5,
     ) -> None:
         self.node, self.client, self.key, self.clock = node, client, key, clock
+        #: central DP (FedAvg only): Gaussian noise of std dp_noise * clip on the sum of the clipped updates
+        self.dp_noise, self.dp_delta = dp_noise, dp_delta
+        self.epsilon: float | None = None
         self.did = node.did
         self.task, self.tflite = task, tflite_sha256
         self.weights = np.asarray(weights, dtype=np.float32)
@@ -236,7 +241,8 @@ class FlCoordinator:
             model=new_id,
             participants=sorted(accepted),
             rejected=sorted(rnd.rejected.items()),
-            aggregator=self.aggregator,
+            aggregator=self.aggregator + ("+dp" if self.dp_noise > 0 else ""),
+            epsilon=self.epsilon if self.dp_noise > 0 and len(accepted) >= self.min_clients else None,
         )
         height, proof = await self._commit_tx(result)
         self.weights, self.model = new.astype(np.float32), new_id
@@ -264,6 +270,13 @@ class FlCoordinator:
         updates = [accepted[d][1] for d in dids]
         counts = [float(accepted[d][0]) for d in dids]
         f = max(0, (len(dids) - 3) // 2)  # Byzantine clients tolerated by Krum: n >= 2f + 3
+        if self.dp_noise > 0:  # central DP: clipped sum + Gaussian noise, mean over the public count
+            from models.fl import dp
+
+            noisy = dp.dp_aggregate(updates, self.clip, self.dp_noise, n_expected=max(len(dids), self.min_clients))
+            done = self.counters["rounds"] + 1
+            self.epsilon = dp.rdp_epsilon(self.dp_noise, done, self.dp_delta)[0]
+            return np.asarray(noisy.aggregate, dtype=np.float32)
         if self.aggregator == "coordinate_median":
             res = agg.coordinate_median(updates)
         elif self.aggregator == "trimmed_mean":
@@ -328,6 +341,9 @@ class FlCoordinator:
             "round": None if self.current is None else self.current.number,
             "updates_this_round": 0 if self.current is None else len(self.current.updates),
             "history": self.history[-5:],
+            "dp": None
+            if self.dp_noise <= 0
+            else {"noise_multiplier": self.dp_noise, "delta": self.dp_delta, "campaign_epsilon": self.epsilon},
             **self.counters,
         }
 
@@ -509,7 +525,23 @@ class FlClient:
             "rounds_done": sorted(self.rounds_done)[-10:],
             "last_update": self.last_update,
             "refused": dict(self.refused),
+            "latency": _latency(self.trainer),
         }
+
+
+def _latency(trainer: Any) -> dict[str, Any] | None:
+    """The trainer's inference / training latencies (``TfliteModel.latency()``), in microseconds."""
+    get = getattr(trainer, "latency", None)
+    if get is None:
+        return None
+    lat = get()
+    return {
+        "infer_p50_us": round(lat.infer_p50 * 1e6, 1),
+        "infer_p99_us": round(lat.infer_p99 * 1e6, 1),
+        "train_p50_us": round(lat.train_p50 * 1e6, 1),
+        "train_p99_us": round(lat.train_p99 * 1e6, 1),
+        "train_steps": lat.train_count,
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -485,6 +485,7 @@ class Agent:
                     max_clients=fl.max_clients,
                     clip=fl.clip,
                     aggregator=fl.aggregator,
+                    dp_noise=fl.dp_noise,
                 )
                 self.fl = coordinator
                 await coordinator.run()

@@ -50,6 +50,12 @@ def render(st: dict[str, Any]) -> str:
             + (f", {st['updates_this_round']} update(s) so far" if st["round"] else ""),
             f"totals    {st['rounds']} round(s), {st['updates']} update(s) accepted, {st['rejected']} refused",
         ]
+        if st.get("dp"):
+            dp = st["dp"]
+            lines.append(
+                f"privacy   central DP, noise x{dp['noise_multiplier']}, campaign epsilon {dp['campaign_epsilon']} "
+                f"at delta {dp['delta']}"
+            )
         for h in st.get("history", []):
             rej = f", rejected {h['rejected']}" if h["rejected"] else ""
             lines.append(f"  round {h['round']}: model {h['model'][:16]} from {h['participants']} update(s){rej}")
@@ -68,6 +74,12 @@ def render(st: dict[str, Any]) -> str:
         )
     else:
         lines.append("last sent none yet")
+    if st.get("latency"):
+        lat = st["latency"]
+        lines.append(
+            f"model     infer p50 {lat['infer_p50_us']} us p99 {lat['infer_p99_us']} us; train step p50 "
+            f"{lat['train_p50_us']} us ({lat['train_steps']} steps)"
+        )
     for why, n in (st.get("refused") or {}).items():
         lines.append(f"REFUSED   {n} x {why}")
     return "\n".join(lines) + "\n"

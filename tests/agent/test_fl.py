@@ -30,6 +30,7 @@ from ledger_lite import consensus as C
 from ledger_lite.didkey import did_key
 from ledger_lite.genesis import make_test_genesis
 from ledger_lite.keys import SigningKey
+from ledger_lite.txs import decode_fl_result
 from tests.mqtt_broker import Broker
 
 TFLITE = hashlib.sha256(b"numpy stand-in of the 16-5 softmax model").digest()
@@ -89,8 +90,9 @@ async def _until(pred: Any, limit: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("dp_noise", [0.0, 0.05])
 async def test_three_rounds_over_the_broker_commit_models_and_obus_load_only_committed_ones(
-    tmp_path: Path, mosquitto: Broker
+    tmp_path: Path, mosquitto: Broker, dp_noise: float
 ) -> None:
     w0 = np.zeros(F * K + K, dtype=np.float32)
     genesis, keys, _authority = make_test_genesis(
@@ -136,6 +138,7 @@ async def test_three_rounds_over_the_broker_commit_models_and_obus_load_only_com
         max_clients=5,
         clip=5.0,
         rounds=3,
+        dp_noise=dp_noise,
     )
     obus: list[FlClient] = []
     models: list[SoftmaxModel] = []
@@ -185,6 +188,12 @@ async def test_three_rounds_over_the_broker_commit_models_and_obus_load_only_com
         trained.set_weights(models[0].get_weights())
         assert trained.accuracy(x_test, y_test) > 0.6  # learnt all classes though each OBU saw three
         assert all(c.last_update is not None and c.last_update["round"] == 3 for c in obus)
+        result = decode_fl_result(coordinator.model_proof["tx"])  # type: ignore[index]
+        if dp_noise:  # central DP: the campaign's epsilon is on the ledger with the result
+            assert result.aggregator == "fedavg+dp" and result.epsilon == coordinator.epsilon
+            assert coordinator.epsilon is not None and 10 < coordinator.epsilon < float("inf")
+        else:
+            assert result.aggregator == "fedavg" and result.epsilon is None
         # a model that is not on the ledger is refused, whoever signs it
         forged_w = (coordinator.weights + 1.0).astype(np.float32)
         forged = {
