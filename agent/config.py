@@ -329,6 +329,9 @@ class FlConfig:
     dp_noise: float = _doc(
         "RSU: central DP noise multiplier (0 = off; FedAvg only): noise std dp_noise * clip on the clipped sum", 0.0
     )
+    secagg: bool = _doc(
+        "RSU: secure aggregation by pairwise masks (the RSU learns only the sum; FedAvg only, see docs/fl.md)", False
+    )
     min_samples: int = _doc("OBU: fewest labelled local windows to take part in a round", 32)
     epochs: int = _doc("OBU: passes over the local windows per round", 2)
 
@@ -628,6 +631,8 @@ def _check_fl(cfg: Config) -> list[str]:
         problems.append("fl.round_seconds must be > 0 and fl.pause_seconds >= 0")
     if not 1 <= fl.min_clients <= fl.max_clients:
         problems.append("fl.min_clients: must be >= 1 and <= fl.max_clients")
+    if fl.secagg and fl.aggregator != "fedavg":
+        problems.append("fl.secagg: robust aggregators need the individual updates it hides: use aggregator fedavg")
     if fl.dp_noise < 0 or (fl.dp_noise > 0 and fl.aggregator != "fedavg"):
         problems.append("fl.dp_noise: must be >= 0, and central DP goes with aggregator fedavg only (docs/fl.md)")
     if not fl.clip > 0 or fl.min_samples < 1 or fl.epochs < 1:

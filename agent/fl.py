@@ -128,6 +128,11 @@ class _Round:
     deadline: float
     updates: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)  # did -> (n, delta)
     rejected: dict[str, str] = field(default_factory=dict)
+    #: secure aggregation: did -> (client id, X25519 public key), masked inputs, unmask answers
+    joined: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    phase: str = "updates"
+    server: Any = None
+    unmasked: dict[int, Any] = field(default_factory=dict)
 
 
 class FlCoordinator:
@@ -155,8 +160,13 @@ class FlCoordinator:
         rounds: int | None = None,
         dp_noise: float = 0.0,
         dp_delta: float = 1e-5,
+        secagg: bool = False,
     ) -> None:
         self.node, self.client, self.key, self.clock = node, client, key, clock
+        #: secure aggregation (FedAvg only): the RSU learns only the sum of the masked updates
+        self.secagg = secagg
+        if secagg and aggregator != "fedavg":
+            raise ValueError("secure aggregation hides individual updates: only fedavg can aggregate them")
         #: central DP (FedAvg only): Gaussian noise of std dp_noise * clip on the sum of the clipped updates
         self.dp_noise, self.dp_delta = dp_noise, dp_delta
         self.epsilon: float | None = None
@@ -208,22 +218,29 @@ class FlCoordinator:
             task=self.task,
             base=self.model,
             deadline_ms=int(deadline * 1000),
-            config={"clip": self.clip, "aggregator": self.aggregator, "min_clients": self.min_clients},
+            config={
+                "clip": self.clip,
+                "aggregator": self.aggregator,
+                "min_clients": self.min_clients,
+                "secagg": int(self.secagg),
+            },
         )
         height, proof = await self._commit_tx(tx)
         rnd = _Round(number, self.model, self.weights.copy(), tx, deadline)
         self.current = rnd
-        await self._publish_state(round_proof=_proof_item(tx, height, proof))
+        round_proof = _proof_item(tx, height, proof)
+        await self._publish_state(round_proof=round_proof)
         log.info("fl: round %d of %s open until %.0f (base %s)", number, self.task, deadline, self.model.hex()[:12])
-        while self.clock.time() < rnd.deadline and len(rnd.updates) < self.max_clients:
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), max(0.05, rnd.deadline - self.clock.time()))
-            except TimeoutError:
-                pass
+        if self.secagg:
+            mean = await self._collect_secagg(rnd, round_proof)
+        else:
+            await self._collect(rnd, rnd.deadline, lambda: len(rnd.updates) >= self.max_clients)
+            mean = None
         self.current = None
         accepted = rnd.updates
-        if len(accepted) < self.min_clients:
+        if mean is not None:
+            new = self.weights + mean
+        elif len(accepted) < self.min_clients:
             log.warning(
                 "fl: round %d: %d updates, fewer than %d: the model stays", number, len(accepted), self.min_clients
             )
@@ -241,7 +258,7 @@ class FlCoordinator:
             model=new_id,
             participants=sorted(accepted),
             rejected=sorted(rnd.rejected.items()),
-            aggregator=self.aggregator + ("+dp" if self.dp_noise > 0 else ""),
+            aggregator=self.aggregator + ("+secagg" if self.secagg else "") + ("+dp" if self.dp_noise > 0 else ""),
             epsilon=self.epsilon if self.dp_noise > 0 and len(accepted) >= self.min_clients else None,
         )
         height, proof = await self._commit_tx(result)
@@ -259,6 +276,75 @@ class FlCoordinator:
             len(accepted),
             len(rnd.rejected),
         )
+
+    async def _collect(self, rnd: _Round, until: float, enough: Callable[[], bool]) -> None:
+        while self.clock.time() < until and not enough():
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), max(0.05, until - self.clock.time()))
+            except TimeoutError:
+                pass
+
+    def _secagg_params(self, number: int, dim: int) -> Any:
+        from models.fl.secagg import SecAggParams
+
+        session = hashlib.sha256(f"{self.node.genesis.chain_id}|{self.task}|{number}".encode()).digest()
+        return SecAggParams(dim=dim, clip=self.clip, min_survivors=self.min_clients, session=session)
+
+    async def _collect_secagg(self, rnd: _Round, round_proof: dict[str, Any]) -> np.ndarray | None:
+        """Secure aggregation (``models.fl.secagg``): joins with X25519 keys during the first
+        third of the round, masked inputs until the deadline, then the survivors' unmask answers;
+        the sum of the survivors' clipped updates is all the RSU learns. ``rnd.updates`` gets the
+        survivors with zero vectors (their count only) for the participants list."""
+        from ledger_lite.keys import KeyAgreementKey
+        from models.fl.secagg import SecAggError, SecAggServer
+
+        start = self.clock.time()
+        join_until = start + (rnd.deadline - start) / 3
+        rnd.phase = "join"
+        await self._collect(rnd, join_until, lambda: len(rnd.joined) >= self.max_clients)
+        if len(rnd.joined) < self.min_clients:
+            log.warning(
+                "fl: round %d: %d joined secure aggregation, below %d", rnd.number, len(rnd.joined), self.min_clients
+            )
+            return None
+        server = SecAggServer(self._secagg_params(rnd.number, rnd.base_weights.size))
+        for _did, (cid, pub) in sorted(rnd.joined.items()):
+            server.register(cid, KeyAgreementKey.from_raw("X25519", pub))
+        rnd.server, rnd.phase = server, "masked"
+        peers = [[cid, did, pub] for did, (cid, pub) in sorted(rnd.joined.items())]
+        await self._publish_state(round_proof=round_proof, secagg={"phase": "masked", "peers": peers})
+        await self._collect(rnd, rnd.deadline, lambda: len(server._inputs) >= len(rnd.joined))
+        try:
+            survivors = server.close_inputs()
+        except SecAggError as err:
+            log.warning("fl: round %d: %s", rnd.number, err)
+            return None
+        by_id = {cid: did for did, (cid, _) in rnd.joined.items()}
+        for did, (cid, _) in rnd.joined.items():
+            if cid not in survivors:
+                rnd.rejected[did] = "joined but sent no masked input (dropped; its masks were recovered)"
+        rnd.phase = "unmask"
+        await self._publish_state(round_proof=round_proof, secagg={"phase": "unmask", "survivors": list(survivors)})
+        await self._collect(
+            rnd, self.clock.time() + max(2.0, self.round_seconds / 3), lambda: set(survivors) <= set(rnd.unmasked)
+        )
+        try:
+            result = server.aggregate(rnd.unmasked)
+        except SecAggError as err:
+            log.warning("fl: round %d: secure aggregation failed: %s", rnd.number, err)
+            return None
+        for cid in result.survivors:
+            rnd.updates[by_id[cid]] = (1, np.zeros(0, np.float32))
+        total = np.asarray(result.sum, dtype=np.float64)
+        n = len(result.survivors)
+        if self.dp_noise > 0:  # central DP on the securely aggregated sum
+            from models.fl import dp
+
+            total = total + np.random.default_rng().normal(0.0, self.dp_noise * self.clip, size=total.shape)
+            self.epsilon = dp.rdp_epsilon(self.dp_noise, self.counters["rounds"] + 1, self.dp_delta)[0]
+            n = max(n, self.min_clients)
+        return np.asarray(total / n, dtype=np.float32)
 
     def _aggregate(self, accepted: dict[str, tuple[int, np.ndarray]], rejected: dict[str, str]) -> np.ndarray:
         """Combine the round's updates with the configured aggregator (``models.fl.aggregate``);
@@ -289,8 +375,8 @@ class FlCoordinator:
             rejected[dids[index]] = f"{res.method}: {reason}"
         return np.asarray(res.aggregate, dtype=np.float32)
 
-    async def _publish_state(self, *, round_proof: dict[str, Any] | None) -> None:
-        state = {
+    async def _publish_state(self, *, round_proof: dict[str, Any] | None, secagg: dict[str, Any] | None = None) -> None:
+        state: dict[str, Any] = {
             "task": self.task,
             "model": {
                 "id": self.model,
@@ -300,6 +386,8 @@ class FlCoordinator:
             },
             "round": round_proof,
         }
+        if secagg is not None:
+            state["secagg"] = secagg
         await self.client.publish(topics.fl_model(self.client.cell), _signed(self.key, self.did, state))
 
     def _on_update(self, topic: topics.Topic, msg: Message) -> None:
@@ -310,6 +398,10 @@ class FlCoordinator:
             did, body = _open_signed(msg.payload)
             if body.get("task") != self.task or body.get("round") != rnd.number or body.get("base") != rnd.base:
                 raise MalformedError(f"update for {body.get('task')}/{body.get('round')}, not this round")
+            if self.secagg:
+                self._on_secagg(rnd, did, body)
+                self._arrived.set()
+                return
             delta = _f32(body.get("update"), "update")
             n = body.get("n")
             if not isinstance(n, int) or n < 1:
@@ -332,6 +424,36 @@ class FlCoordinator:
             rnd.rejected.pop(did, None)
             self.counters["updates"] += 1
         self._arrived.set()
+
+    def _on_secagg(self, rnd: _Round, did: str, body: dict[str, Any]) -> None:
+        from models.fl.secagg import SecAggError, UnmaskResponse
+
+        kind = body.get("type")
+        if kind == "join" and rnd.phase == "join":
+            pub = body.get("x25519")
+            if not isinstance(pub, bytes) or len(pub) != 32:
+                raise MalformedError("join: x25519 must be a 32-byte public key")
+            if did not in rnd.joined:
+                rnd.joined[did] = (len(rnd.joined) + 1, pub)
+        elif kind == "masked" and rnd.phase == "masked" and did in rnd.joined:
+            y = body.get("masked")
+            if not isinstance(y, bytes) or len(y) != 4 * rnd.base_weights.size:
+                raise MalformedError("masked: expected uint32 bytes of the model's size")
+            try:
+                rnd.server.submit(rnd.joined[did][0], np.frombuffer(y, dtype="<u4").astype(np.uint32))
+            except SecAggError as err:
+                raise MalformedError(f"masked: {err}") from err
+        elif kind == "unmask" and rnd.phase == "unmask" and did in rnd.joined:
+            seeds = body.get("pairs")
+            own = body.get("self")
+            if not isinstance(seeds, dict) or not all(
+                isinstance(k, int) and isinstance(v, bytes) for k, v in seeds.items()
+            ):
+                raise MalformedError("unmask: pairs must map client ids to seeds")
+            cid = rnd.joined[did][0]
+            rnd.unmasked[cid] = UnmaskResponse(cid, dict(seeds), own if isinstance(own, bytes) else None)
+        else:
+            raise MalformedError(f"{kind!r} message in phase {rnd.phase}")
 
     def status(self) -> dict[str, Any]:
         return {
@@ -387,6 +509,9 @@ class FlClient:
         self._states: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
         #: called (in a worker thread) with the weights of each committed model loaded
         self.model_listeners: list[Callable[[np.ndarray], None]] = []
+        self._secagg: dict[str, Any] | None = None
+        #: tests: join secure-aggregation rounds and then go silent (a vehicle leaving the cell)
+        self.fail_after_join = False
         dispatcher.on(topics.MessageKind.FL_MODEL, self._on_state)
 
     def _on_state(self, topic: topics.Topic, msg: Message) -> None:
@@ -451,11 +576,90 @@ class FlClient:
             self._refuse("an FL round that is not on the ledger: not trained")
             return
         rnd = decode_fl_round(tx)
-        if rnd.task != self.task or rnd.base != self.model or rnd.round in self.rounds_done:
+        if rnd.task != self.task or rnd.base != self.model:
             return
-        if self.clock.time() * 1000 > rnd.deadline_ms:
+        if rnd.config.get("secagg"):
+            await self._secagg_step(rnd, weights, state.get("secagg"))
+            return
+        if rnd.round in self.rounds_done or self.clock.time() * 1000 > rnd.deadline_ms:
             return
         await self._train_and_send(rnd.round, weights, float(rnd.config.get("clip", self.clip)))
+
+    async def _secagg_step(self, rnd: Any, base: np.ndarray, phase: Any) -> None:
+        """One step of a secure-aggregation round, driven by the RSU's state: join with a fresh
+        X25519 key (after training locally), then the masked input, then the unmask answer."""
+        from ledger_lite.keys import KeyAgreementKey, KeyAgreementPrivateKey
+        from models.fl.secagg import SecAggClient, SecAggError, SecAggParams
+
+        sa = self._secagg if self._secagg is not None and self._secagg["round"] == rnd.round else None
+        clip = float(rnd.config.get("clip", self.clip))
+        if phase is None:  # the join phase
+            if sa is not None or rnd.round in self.rounds_done or self.clock.time() * 1000 > rnd.deadline_ms:
+                return
+            trained = await self._train(rnd.round, base, clip)
+            if trained is None:
+                return
+            delta, n = trained
+            key = KeyAgreementPrivateKey.generate()
+            self._secagg = {"round": rnd.round, "key": key, "delta": delta, "n": n, "client": None, "done": set()}
+            await self._send({"type": "join", "round": rnd.round, "x25519": key.public.raw(), "n": n})
+            return
+        if sa is None or not isinstance(phase, dict):
+            return
+        session = hashlib.sha256(f"{rnd.chain_id}|{rnd.task}|{rnd.round}".encode()).digest()
+        try:
+            if phase.get("phase") == "masked" and "masked" not in sa["done"]:
+                peers = {int(cid): KeyAgreementKey.from_raw("X25519", pub) for cid, _did, pub in phase["peers"]}
+                mine = [int(cid) for cid, did, _pub in phase["peers"] if did == self.did]
+                if not mine:
+                    return
+                params = SecAggParams(dim=sa["delta"].size, clip=clip, min_survivors=2, session=session)
+                client = SecAggClient(mine[0], params, sa["key"])
+                masked = client.masked_input(sa["delta"], peers)
+                sa["client"] = client
+                sa["done"].add("masked")
+                if self.fail_after_join:
+                    return  # (tests) a vehicle that leaves the cell after joining
+                await self._send({"type": "masked", "round": rnd.round, "masked": masked.astype("<u4").tobytes()})
+            elif phase.get("phase") == "unmask" and "unmask" not in sa["done"] and sa["client"] is not None:
+                if self.fail_after_join:
+                    return
+                answer = sa["client"].unmask_response([int(c) for c in phase["survivors"]])
+                sa["done"].add("unmask")
+                pairs = {int(j): seed for j, seed in answer.pair_seeds.items()}
+                await self._send({"type": "unmask", "round": rnd.round, "pairs": pairs, "self": answer.self_seed})
+                self.rounds_done.add(rnd.round)
+        except (SecAggError, KeyError, TypeError, ValueError) as err:
+            self._refuse(f"secure aggregation round {rnd.round}: {err}")
+
+    async def _send(self, body: dict[str, Any]) -> None:
+        body = {"task": self.task, "base": self.model, **body}
+        topic = topics.fl_update(self.client.cell, self.client.node_id)
+        await self.client.publish(topic, _signed(self.key, self.did, body))
+
+    async def _train(self, number: int, base: np.ndarray, clip: float) -> tuple[np.ndarray, int] | None:
+        """Local training from ``base``: the clipped weights delta and the sample count, or None
+        without enough local windows. The committed model stays loaded afterwards."""
+        x, y = self.data()
+        if len(x) < self.min_samples:
+            log.info("fl: round %d: %d local windows, %d needed: not taking part", number, len(x), self.min_samples)
+            return None
+        loss = await asyncio.to_thread(self._train_epochs, x, y)
+        new = await asyncio.to_thread(self.trainer.get_weights)
+        await asyncio.to_thread(self.trainer.set_weights, base)
+        delta = np.asarray(new, dtype=np.float32) - base
+        norm = float(np.linalg.norm(delta))
+        if norm > clip:
+            delta *= clip / norm
+        self.last_update = {
+            "round": number,
+            "samples": int(len(x)),
+            "loss": round(loss, 4),
+            "norm": round(min(norm, clip), 4),
+            "clipped": norm > clip,
+            "at": self.clock.time(),
+        }
+        return delta, int(len(x))
 
     async def _wait_included(self, item: Any, limit: float = 10.0) -> bytes | None:
         """The light client may not have the block yet: retry for up to ``limit`` seconds."""
@@ -475,7 +679,7 @@ class FlClient:
             log.info("fl: round %d: %d local windows, %d needed: not taking part", number, len(x), self.min_samples)
             return
         started = time.perf_counter()
-        loss = await asyncio.to_thread(self._train, x, y)
+        loss = await asyncio.to_thread(self._train_epochs, x, y)
         new = await asyncio.to_thread(self.trainer.get_weights)
         delta = np.asarray(new, dtype=np.float32) - base
         norm = float(np.linalg.norm(delta))
@@ -505,7 +709,7 @@ class FlClient:
         }
         log.info("fl: round %d: sent an update from %d windows (loss %.3f)", number, len(x), loss)
 
-    def _train(self, x: np.ndarray, y: np.ndarray) -> float:
+    def _train_epochs(self, x: np.ndarray, y: np.ndarray) -> float:
         rng = np.random.default_rng(len(x))
         loss = 0.0
         for _ in range(self.epochs):

@@ -486,6 +486,7 @@ class Agent:
                     clip=fl.clip,
                     aggregator=fl.aggregator,
                     dp_noise=fl.dp_noise,
+                    secagg=fl.secagg,
                 )
                 self.fl = coordinator
                 await coordinator.run()

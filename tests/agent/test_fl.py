@@ -90,10 +90,13 @@ async def _until(pred: Any, limit: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.parametrize("dp_noise", [0.0, 0.05])
+@pytest.mark.parametrize("mode", ["plain", "dp", "secagg"])
 async def test_three_rounds_over_the_broker_commit_models_and_obus_load_only_committed_ones(
-    tmp_path: Path, mosquitto: Broker, dp_noise: float
+    tmp_path: Path, mosquitto: Broker, mode: str
 ) -> None:
+    """Plain FedAvg; FedAvg + central DP; FedAvg under secure aggregation with one vehicle that
+    joins every round and then drops out (its pairwise masks are recovered)."""
+    dp_noise = 0.05 if mode == "dp" else 0.0
     w0 = np.zeros(F * K + K, dtype=np.float32)
     genesis, keys, _authority = make_test_genesis(
         1, chain_id="fl-cell", genesis_time_ms=int(time.time() * 1000) - 60_000
@@ -139,6 +142,7 @@ async def test_three_rounds_over_the_broker_commit_models_and_obus_load_only_com
         clip=5.0,
         rounds=3,
         dp_noise=dp_noise,
+        secagg=mode == "secagg",
     )
     obus: list[FlClient] = []
     models: list[SoftmaxModel] = []
@@ -174,6 +178,7 @@ async def test_three_rounds_over_the_broker_commit_models_and_obus_load_only_com
                 epochs=3,
                 clip=5.0,
             )
+            client.fail_after_join = mode == "secagg" and i == 4
             obus.append(client)
             tasks.append(asyncio.create_task(client.run()))
         run = asyncio.create_task(coordinator.run())
@@ -187,11 +192,15 @@ async def test_three_rounds_over_the_broker_commit_models_and_obus_load_only_com
         trained = SoftmaxModel()
         trained.set_weights(models[0].get_weights())
         assert trained.accuracy(x_test, y_test) > 0.6  # learnt all classes though each OBU saw three
-        assert all(c.last_update is not None and c.last_update["round"] == 3 for c in obus)
+        assert all(c.last_update is not None and c.last_update["round"] == 3 for c in obus[:4])
         result = decode_fl_result(coordinator.model_proof["tx"])  # type: ignore[index]
-        if dp_noise:  # central DP: the campaign's epsilon is on the ledger with the result
+        if mode == "dp":  # central DP: the campaign's epsilon is on the ledger with the result
             assert result.aggregator == "fedavg+dp" and result.epsilon == coordinator.epsilon
             assert coordinator.epsilon is not None and 10 < coordinator.epsilon < float("inf")
+        elif mode == "secagg":  # only the sum was seen; the dropped vehicle is named with why
+            assert result.aggregator == "fedavg+secagg" and len(result.participants) == 4
+            dropped = did_key(SigningKey.from_private_bytes("Ed25519", bytes([44]) * 32).public)
+            assert [d for d, _ in result.rejected] == [dropped] and "dropped" in result.rejected[0][1]
         else:
             assert result.aggregator == "fedavg" and result.epsilon is None
         # a model that is not on the ledger is refused, whoever signs it
