@@ -50,11 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seconds", type=float)
+    ap.add_argument(
+        "--models", action="store_true", help="with [behaviour] on: rules + the TFLite behaviour model running"
+    )
     args = ap.parse_args(argv)
+    extra = ["--set", "behaviour.enabled=true"] if args.models else []
     seconds = args.seconds or (15.0 if args.quick else 60.0)
     with tempfile.TemporaryDirectory() as tmp:
         agent_rss, agent_peak = rss_after(
-            [sys.executable, "-m", "agent.main", "--demo", "--data-dir", tmp, "--duration", str(seconds + 30)],
+            [sys.executable, "-m", "agent.main", "--demo", "--data-dir", tmp, "--duration", str(seconds + 30), *extra],
             seconds,
         )
     bare_rss, _ = rss_after([sys.executable, "-c", BARE], min(seconds, 5.0))
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         json.dumps(
             {
-                "figure": "agent_rss_obu_demo",
+                "figure": "agent_rss_obu_demo" + ("_with_models" if args.models else ""),
                 "unit": "MiB",
                 "value": round(agent_rss, 1),
                 "baseline": round(bare_rss, 1),
