@@ -25,6 +25,11 @@ _GROUPS = {
     "attest": "tools.cli_attest",
     "ledger": "tools.cli_ledger",
     "fl": "tools.cli_fl",
+    "model": "tools.cli_model",
+    "selftest": "tools.cli_selftest",
+    "logs": "tools.cli_logs",
+    "bundle": "tools.cli_bundle",
+    "camera": "tools.cli_camera",
 }
 
 

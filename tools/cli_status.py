@@ -16,8 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "status",
         help="role, uptime and health of the running agent",
-        description="Ask the running agent over its diagnostics socket. Exit status: 0 all ok, "
-        "1 degraded or failed, 69 no agent reachable.",
+        description="Ask the running agent over its diagnostics socket; with no agent answering, "
+        "print what the disk tells (keys, outbox, ledger, logs). Exit status: 0 all ok, "
+        "1 degraded or failed, 69 no agent reachable (the offline report is printed).",
     )
     p.add_argument(
         "--socket",
@@ -26,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "$RUNTIME_DIRECTORY/diag.sock, /run/autochain/diag.sock, /var/lib/autochain/diag.sock)",
     )
     p.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
+    p.add_argument("--data-dir", help="agent data dir read when the agent is down (default: from the config)")
+    p.add_argument("--config", help="agent config for the data dir (default /etc/autochain/agent.toml)")
     p.set_defaults(func=run)
 
 
@@ -52,7 +55,9 @@ def ask_agent(explicit: Path | None, cmd: str, prog: str) -> tuple[Any, int]:
 def run(args: argparse.Namespace) -> int:
     status, code = ask_agent(args.socket, "status", "acc status")
     if code:
-        return code
+        from tools.cli_offline import status_offline
+
+        return status_offline(args, code)
     if args.json:
         sys.stdout.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
     else:
