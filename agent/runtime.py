@@ -260,6 +260,10 @@ class Agent:
         diag.command("pc5", lambda req: self.pc5.status() if self.pc5 else None)
         diag.command("fl", lambda req: self.fl.status() if self.fl is not None else None)
         diag.command("behaviour", lambda req: self.behaviour.status() if self.behaviour else None)
+        diag.command("can.stats", self.can_stats)
+        diag.command("can.recent", self.can_recent)
+        diag.command("gnss.fix", lambda req: self.gnss_service.fix_status() if self.gnss_service else None)
+        diag.command("verdicts", lambda req: self.verdicts())
         self.supervisor.add("diagnostics", diag.serve)
         for name, run in self.extra_services:
             self.supervisor.add(name, run)
@@ -624,6 +628,39 @@ class Agent:
             }
         return out
 
+    def can_stats(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Diagnostics command ``can.stats`` (``bus``: one bus): per bus counters, rate, load,
+        state and the history of its changes, recent error frames."""
+        bus = req.get("bus")
+        found = {s.port.name: s.stats() for s in self.can_services if bus in (None, s.port.name)}
+        if bus is not None and not found:
+            raise KeyError(f"no CAN bus {bus!r}; buses: {', '.join(s.port.name for s in self.can_services)}")
+        return found
+
+    def can_recent(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Diagnostics command ``can.recent``: the remembered frames after ``cursor`` (all buses'
+        frames share one sequence; no cursor: none, just the current cursor to poll from),
+        optionally of one ``bus`` and of the arbitration ``ids``, at most ``limit`` (500).
+        ``lost`` says frames after the cursor were already pushed out of the ring."""
+        bus = req.get("bus")
+        services = [s for s in self.can_services if bus in (None, s.port.name)]
+        if bus is not None and not services:
+            raise KeyError(f"no CAN bus {bus!r}; buses: {', '.join(s.port.name for s in self.can_services)}")
+        cursor, ids = req.get("cursor"), req.get("ids")
+        limit = max(1, min(int(req.get("limit", 500)), 2000))
+        latest = max((s.last_seq for s in services), default=0)
+        if cursor is None:
+            return {"cursor": latest, "frames": [], "lost": False}
+        cursor = int(cursor)
+        wanted = None if ids is None else [int(i) for i in ids]
+        frames = sorted(
+            (f for s in services for f in s.recent_since(cursor, wanted, limit)), key=lambda f: int(f["seq"])
+        )[:limit]
+        lost = any(s.evicted_seq > cursor for s in services)
+        # without a match the cursor moves on to the newest frame seen, so polls stay cheap
+        new_cursor = frames[-1]["seq"] if len(frames) == limit else max(latest, cursor)
+        return {"cursor": new_cursor, "frames": frames, "lost": lost}
+
     def status(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
@@ -647,6 +684,25 @@ class Agent:
             "pc5": self.pc5.status() if self.pc5 else None,
             "behaviour": self.behaviour.status() if self.behaviour else None,
             "state": self.last_state(),
+        }
+
+    def verdicts(self) -> dict[str, Any]:
+        """Diagnostics command ``verdicts``: what ``acc status`` needs beyond the other answers to
+        judge each subsystem: what is configured, the verified behaviour model, where credentials are."""
+        cfg = self.config
+        dirs = [str(Path(cfg.agent.data_dir) / "credentials")]
+        if cfg.trust.credentials_dir and cfg.trust.credentials_dir not in dirs:
+            dirs.append(cfg.trust.credentials_dir)
+        return {
+            "configured": {
+                "camera": cfg.camera.backend != "none",
+                "mqtt": cfg.mqtt.enabled,
+                "ledger": cfg.ledger.enabled,
+                "fl": cfg.fl.enabled,
+                "behaviour": self.behaviour is not None,
+            },
+            "model": None if self.learned is None else {"version": self.learned.version, "verified": True},
+            "credentials_dirs": dirs,
         }
 
     def last_state(self) -> dict[str, Any] | None:

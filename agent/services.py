@@ -5,13 +5,15 @@ supervisor keeps alive; each reports its own health and counters."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from hal.errors import DecodeError, HalError
 from hal.interfaces import Camera, CanPort, Clock, GnssSource
-from hal.types import CanBusState, FixMode, Frame, GnssFix, SignalSample, VehicleState
+from hal.types import CanBusState, CanBusStats, FixMode, Frame, GnssFix, SignalSample, VehicleState
 
 from .fusion import Fusion
 from .health import HealthRegistry
@@ -22,6 +24,13 @@ __all__ = ["CameraService", "CanService", "GnssService", "HealthService", "State
 log = logging.getLogger(__name__)
 
 StateSink = Callable[[VehicleState], None]
+
+#: one sequence over every bus of the process: a single cursor orders the frames of all buses
+_frame_seq = itertools.count(1)
+#: bounds of the diagnostics history kept per bus
+RECENT_FRAMES = 2000
+ERROR_HISTORY = 64
+STATE_HISTORY = 64
 
 
 class FrameDecoder(Protocol):
@@ -45,6 +54,7 @@ class CanService:
         *,
         silent_after: float = 2.0,
         obd: Any = None,
+        recent_frames: int = RECENT_FRAMES,
     ) -> None:
         self.port = port
         #: an ``ObdPoller`` whose responses arrive on this bus (it only sends requests itself)
@@ -62,10 +72,24 @@ class CanService:
         self.last_error = ""
         self.last_frame_mono: float | None = None
         self.opened_mono: float | None = None
+        #: the newest frames (error frames too) with their decoded VSS signals, oldest first,
+        #: for ``acc can dump``: dicts with ``seq`` from one process-wide sequence
+        self.recent: deque[dict[str, Any]] = deque(maxlen=max(1, recent_frames))
+        #: the ``seq`` of the newest frame pushed out of ``recent`` (0: none yet)
+        self.evicted_seq = 0
+        #: error frames seen on the bus (the port's statistics count those it drops itself)
+        self.error_frames_seen = 0
+        self.errors: deque[dict[str, Any]] = deque(maxlen=ERROR_HISTORY)
+        #: bus state changes (error-active / -passive / bus-off) with wall and monotonic times
+        self.state_history: deque[dict[str, Any]] = deque(maxlen=STATE_HISTORY)
+        self._state: CanBusState | None = None
+        self._rate_mark: tuple[float, int] | None = None
+        self.rate = 0.0
 
     async def run(self) -> None:
         await self.port.open()
         self.opened_mono = self.clock.monotonic()
+        self.track_state()
         self.opened.set()
         self.health.ok(self.name, "open, waiting for frames")
         try:
@@ -101,9 +125,13 @@ class CanService:
     def _handle(self, batch: Sequence[Any]) -> None:
         fusion_on = self.fusion.on_signal
         for frame in batch:
-            if frame.is_error_frame or frame.is_remote_frame:
+            if frame.is_error_frame:
+                self._remember(frame, ())
+                continue
+            if frame.is_remote_frame:
                 continue
             self.frames += 1
+            decoded: list[SignalSample] = []
             for decoder in self.decoders:
                 try:
                     samples = decoder.decode(frame)
@@ -113,13 +141,95 @@ class CanService:
                     log.log(5, "%s: %s", self.name, err)
                     continue
                 self.signals += len(samples)
+                decoded += samples
                 for s in samples:
                     fusion_on(s)
+            self._remember(frame, decoded)
         if batch:
             self.last_frame_mono = batch[-1].monotonic or self.clock.monotonic()
 
+    def _remember(self, frame: Any, samples: Iterable[SignalSample]) -> None:
+        """Keep ``frame`` (and its decoded signals) in the bounded ring of recent frames."""
+        ring = self.recent
+        if len(ring) == ring.maxlen:
+            self.evicted_seq = ring[0]["seq"]
+        entry = {
+            "seq": next(_frame_seq),
+            "bus": self.port.name,
+            "timestamp": frame.timestamp or self.clock.time(),
+            "monotonic": frame.monotonic or self.clock.monotonic(),
+            "id": frame.arbitration_id,
+            "extended": frame.is_extended_id,
+            "fd": frame.is_fd,
+            "error": frame.is_error_frame,
+            "data": bytes(frame.data).hex(),
+            "signals": [{"name": s.name, "value": s.value, "unit": s.unit} for s in samples],
+        }
+        ring.append(entry)
+        if frame.is_error_frame:
+            self.error_frames_seen += 1
+            self.errors.append({k: entry[k] for k in ("timestamp", "id", "data")})
+
+    def recent_since(self, cursor: int, ids: Iterable[int] | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        """The remembered frames after ``cursor`` (a ``seq``), oldest first, at most ``limit``;
+        only those with an arbitration id in ``ids`` when given."""
+        wanted = None if ids is None else frozenset(ids)
+        out: list[dict[str, Any]] = []
+        for entry in reversed(self.recent):  # the newest are the likeliest to be asked for
+            if entry["seq"] <= cursor:
+                break
+            if wanted is None or entry["id"] in wanted:
+                out.append(entry)
+        out.reverse()
+        return out[:limit]
+
+    @property
+    def last_seq(self) -> int:
+        return self.recent[-1]["seq"] if self.recent else 0
+
+    def track_state(self, stats: CanBusStats | None = None) -> CanBusState:
+        """Note a change of the bus state (with the time) in ``state_history``."""
+        state = (stats or self.port.stats()).state
+        if state is CanBusState.UNKNOWN and self._state is None:
+            return state  # the adapter has not said yet: not a change worth a line
+        if state is not self._state:
+            self.state_history.append(
+                {
+                    "time": self.clock.time(),
+                    "monotonic": self.clock.monotonic(),
+                    "from": None if self._state is None else str(self._state),
+                    "to": str(state),
+                }
+            )
+            self._state = state
+        return state
+
+    def _track_rate(self, now: float) -> None:
+        mark = self._rate_mark
+        if mark is not None and now - mark[0] >= 0.5:
+            self.rate = (self.frames - mark[1]) / (now - mark[0])
+        if mark is None or now - mark[0] >= 0.5:
+            self._rate_mark = (now, self.frames)
+
+    def stats(self) -> dict[str, Any]:
+        """Diagnostics ``can.stats``: counters, rate, load, state and its history, error frames."""
+        s = self.port.stats()
+        self.track_state(s)
+        now = self.clock.monotonic()
+        return {
+            **self.status(),
+            "rate": round(self.rate, 1),
+            "error_frames_seen": self.error_frames_seen,
+            "recent_errors": list(self.errors),
+            "state_history": list(self.state_history),
+            "last_frame_age": None if self.last_frame_mono is None else round(now - self.last_frame_mono, 3),
+            "ring": {"size": len(self.recent), "capacity": self.recent.maxlen, "last_seq": self.last_seq},
+        }
+
     def check(self, now: float) -> None:
         stats = self.port.stats()
+        self.track_state(stats)
+        self._track_rate(now)
         if stats.state is CanBusState.BUS_OFF:
             self.health.failed(self.name, "bus-off")
             return
@@ -160,6 +270,10 @@ class GnssService:
         self.fixes = 0
         self.last: GnssFix | None = None
         self.opened_mono: float | None = None
+        #: the newest report with a position (2D/3D fix)
+        self.last_fix: GnssFix | None = None
+        #: GNSS UTC minus the system clock when the report arrived, ms (positive: GNSS ahead)
+        self.time_offset_ms: float | None = None
 
     async def run(self) -> None:
         await self.source.open()
@@ -169,9 +283,51 @@ class GnssService:
             async for fix in self.source.fixes():
                 self.fixes += 1
                 self.last = fix
+                self._note(fix)
                 self.fusion.on_fix(fix)
         finally:
             await self.source.close()
+
+    def _note(self, fix: GnssFix) -> None:
+        if fix.has_position:
+            self.last_fix = fix
+        if fix.time is not None:
+            # the system clock at the report's arrival (its monotonic receive time)
+            wall = self.clock.time() - (self.clock.monotonic() - fix.monotonic if fix.monotonic else 0.0)
+            self.time_offset_ms = (fix.time.timestamp() - wall) * 1000.0
+
+    def fix_status(self) -> dict[str, Any]:
+        """Diagnostics ``gnss.fix``: the last report and the last fix, satellites, DOP, clock offset."""
+        now = self.clock.monotonic()
+
+        def one(f: GnssFix | None) -> dict[str, Any] | None:
+            if f is None:
+                return None
+            return {
+                "mode": int(f.mode),
+                "time": f.time.isoformat() if f.time else None,
+                "lat": f.lat,
+                "lon": f.lon,
+                "alt": f.alt_msl,
+                "speed": f.speed,
+                "track": f.track,
+                "sats_used": f.sats_used,
+                "sats_visible": f.sats_visible,
+                "hdop": f.hdop,
+                "vdop": f.vdop,
+                "pdop": f.pdop,
+                "eph": f.eph,
+                "age": round(now - f.monotonic, 3) if f.monotonic else None,
+            }
+
+        return {
+            "fixes": self.fixes,
+            "last": one(self.last),
+            "fix": one(self.last_fix),
+            "time_offset_ms": None if self.time_offset_ms is None else round(self.time_offset_ms, 1),
+            "system_time": self.clock.time(),
+            "counters": self.source.counters(),
+        }
 
     def check(self, now: float) -> None:
         last = self.last

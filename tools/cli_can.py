@@ -21,6 +21,15 @@ below, e.g. ``.log`` or ``.txt``, optionally ``.gz``) is read by ``drivers.candu
 decode (unknown ids, wrong lengths, bad lines) are counted and summarised on stderr; ``-v``
 lists each. Exit codes: 0 the log was read and something decoded, 65 nothing decoded (or the
 log is malformed), 66 the log or a DBC cannot be opened, 2 wrong usage.
+
+Live, from the running agent (diagnostics ``can.stats`` / ``can.recent``):
+``acc can stats [--bus NAME] [--json]`` shows per bus the frames received, the rate, the bus load,
+decode errors, error frames, overruns, the bus state and the history of its changes (exit 0 all
+buses fine, 1 one is bus-off / error-passive / stopped, 69 no agent). ``acc can dump [--bus NAME]
+[--id 0x123[,..]] [--decode] [-n N] [--follow] [--json]`` prints the frames as they arrive, like
+``candump`` (``  can0  123   [8]  11 22 33 44 55 66 77 88``), ``--decode`` adds the VSS signals
+(``name = value unit``); it polls the agent's ring buffer of recent frames with a cursor and
+stops after N frames or on Ctrl-C (exit 0; 69 no agent, 2 an unknown bus).
 """
 
 from __future__ import annotations
@@ -29,8 +38,10 @@ import argparse
 import gzip
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -42,6 +53,7 @@ from drivers.isotp import IsoTpConfig, IsoTpError, IsoTpReceiver
 from drivers.obd import ObdAddressing, ObdDecodeError, ObdNegativeResponse, decode_response
 from hal.errors import DecodeError, DeviceError
 from hal.types import CanFrame
+from tools.cli_gnss import add_socket_arg, agent_query
 
 __all__ = ["register"]
 
@@ -82,6 +94,35 @@ def register(subparsers: Any) -> None:
         help="list every frame or line that did not decode",
     )
     decode.set_defaults(func=cmd_decode)
+    stats = sub.add_parser(
+        "stats",
+        help="the running agent's per-bus counters, load, state and bus-off history",
+        description="Per bus: frames received, rate, bus load, decode errors, error frames, overruns, "
+        "bus state and its changes (error-active/passive/bus-off) with times. Exit status: 0 all "
+        "buses fine, 1 a bus is bus-off, error-passive or stopped, 2 unknown bus, 69 no agent.",
+    )
+    add_socket_arg(stats)
+    stats.add_argument("--bus", metavar="NAME", help="only this bus (the agent's bus name, e.g. can0)")
+    stats.add_argument("--json", action="store_true", help="the agent's answer as JSON")
+    stats.set_defaults(func=cmd_stats)
+    dump = sub.add_parser(
+        "dump",
+        help="live candump-style dump of the frames the agent receives",
+        description="Print the frames the running agent receives, candump style, by polling its ring "
+        "buffer of recent frames. Stops after -n frames or on Ctrl-C. Exit status: 0 done (or "
+        "interrupted), 1 frames were lost (the ring buffer overran between polls), 2 unknown bus "
+        "or bad --id, 69 no agent.",
+    )
+    add_socket_arg(dump)
+    dump.add_argument("--bus", metavar="NAME", help="only this bus (default: every bus)")
+    dump.add_argument("--id", metavar="ID[,ID..]", action="append", default=[], help="only these ids (hex)")
+    dump.add_argument("--decode", action="store_true", help="also show the decoded signals (VSS names)")
+    dump.add_argument("-n", type=int, metavar="N", help="stop after N frames")
+    dump.add_argument("--follow", action="store_true", help="keep dumping until Ctrl-C (the default without -n)")
+    dump.add_argument("-t", dest="timestamps", action="store_true", help="prefix the receive time (candump -ta)")
+    dump.add_argument("--json", action="store_true", help="one JSON object per frame")
+    dump.add_argument("--interval", type=float, default=0.2, help=argparse.SUPPRESS)
+    dump.set_defaults(func=cmd_dump)
 
 
 class _Decoders:
@@ -378,3 +419,139 @@ def cmd_decode(args: argparse.Namespace) -> int:
         print("acc can decode: nothing decoded", file=err)
         return exitcodes.DATA_ERROR
     return exitcodes.OK
+
+
+# --- live: acc can stats / acc can dump ---------------------------------------------------------
+
+_BAD_STATES = frozenset({"bus_off", "passive", "stopped"})
+_STATE_NAMES = {"active": "error-active", "passive": "error-passive", "bus_off": "bus-off"}
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def render_stats(answer: dict[str, Any]) -> str:
+    """The ``acc can stats`` screen (at most 80 columns)."""
+    lines: list[str] = []
+    for bus, st in answer.items():
+        state = str(st.get("state", "?"))
+        lines.append(
+            f"{bus:<8} {_STATE_NAMES.get(state, state).upper():<14} {st['rx_frames']:>10} frames rx"
+            f"  {st.get('rate', 0.0):>8.1f} fr/s  load {100 * st['bus_load']:5.1f}%"
+        )
+        lines.append(
+            f"{'':<8} errors: {st['decode_errors']} undecodable, {st['error_frames']} error frames,"
+            f" {st['overruns']} overruns, {st['bus_off_count']} bus-off"
+        )
+        for ev in st.get("state_history") or []:
+            before = _STATE_NAMES.get(str(ev.get("from")), ev.get("from") or "opened")
+            lines.append(f"{'':<8} {_when(ev['time'])}  {before} -> {_STATE_NAMES.get(ev['to'], ev['to'])}")
+        for err in (st.get("recent_errors") or [])[-3:]:
+            lines.append(f"{'':<8} {_when(err['timestamp'])}  error frame {err['id']:08X} {err['data']}")
+        lines.append("")
+    if not answer:
+        lines.append("no CAN bus configured in the agent")
+    return "\n".join(line[:80] for line in lines).rstrip("\n") + "\n"
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    params = {"bus": args.bus} if args.bus else {}
+    answer, code = agent_query(args.socket, "can.stats", "acc can stats", **params)
+    if code:
+        return code
+    if args.json:
+        sys.stdout.write(json.dumps(answer, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render_stats(answer))
+    bad = [bus for bus, st in answer.items() if st.get("state") in _BAD_STATES]
+    return exitcodes.FAILURE if bad else exitcodes.OK
+
+
+def _parse_ids(items: list[str]) -> list[int] | str:
+    ids: list[int] = []
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                ids.append(int(part, 16))
+            except ValueError:
+                return f"--id {part!r} is not a hex CAN id"
+    return ids
+
+
+def dump_line(f: dict[str, Any], width: int = 4, timestamps: bool = False) -> str:
+    """One frame as candump prints it: ``  can0  123   [8]  11 22 33 44 55 66 77 88``."""
+    data = bytes.fromhex(f["data"])
+    ident = f"{f['id']:08X}" if f["extended"] or f["error"] else f"{f['id']:03X}"
+    length = f"[{len(data):02d}]" if f["fd"] else f"[{len(data)}]"
+    head = f"({f['timestamp']:.6f})" if timestamps else ""
+    rows = [data[i : i + 16] for i in range(0, len(data), 16)] or [b""]
+    text = f"{head}  {f['bus']:<{width}}  {ident}   {length}  {rows[0].hex(' ').upper()}"
+    indent = " " * (len(text) - len(rows[0].hex(" ")))
+    out = [text] + [indent + r.hex(" ").upper() for r in rows[1:]]
+    if f["error"]:
+        out[-1] += "   ERRORFRAME"
+    return "\n".join(out)
+
+
+def signal_lines(f: dict[str, Any]) -> list[str]:
+    out = []
+    for sig in f.get("signals") or []:
+        value = sig["value"]
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        out.append(f"        {sig['name']} = {shown} {sig['unit']}".rstrip()[:80])
+    return out
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    prog = "acc can dump"
+    ids = _parse_ids(args.id)
+    if isinstance(ids, str):
+        sys.stderr.write(f"{prog}: {ids}\n")
+        return exitcodes.USAGE
+    if args.n is not None and args.n < 1:
+        sys.stderr.write(f"{prog}: -n must be at least 1\n")
+        return exitcodes.USAGE
+    params: dict[str, Any] = {}
+    if args.bus:
+        params["bus"] = args.bus
+    if ids:
+        params["ids"] = ids
+    start, code = agent_query(args.socket, "can.recent", prog, **params)
+    if code:
+        return code
+    width = max(4, len(args.bus or ""))
+    cursor = int(start["cursor"])
+    shown, lost = 0, False
+    limit = args.n if args.n is not None and not args.follow else None
+    try:
+        while limit is None or shown < limit:
+            answer, code = agent_query(args.socket, "can.recent", prog, cursor=cursor, **params)
+            if code:
+                return code
+            cursor = int(answer["cursor"])
+            if answer.get("lost") and not lost:
+                lost = True
+                sys.stderr.write(f"{prog}: frames were lost (the agent's ring buffer overran)\n")
+            for f in answer["frames"]:
+                if limit is not None and shown >= limit:
+                    break
+                if args.json:
+                    if not args.decode:
+                        f = {k: v for k, v in f.items() if k != "signals"}
+                    sys.stdout.write(json.dumps(f, sort_keys=True) + "\n")
+                else:
+                    width = max(width, len(f["bus"]))
+                    sys.stdout.write(dump_line(f, width, args.timestamps) + "\n")
+                    if args.decode:
+                        sys.stdout.writelines(line + "\n" for line in signal_lines(f))
+                shown += 1
+            sys.stdout.flush()
+            if not answer["frames"]:
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+    return exitcodes.FAILURE if lost else exitcodes.OK

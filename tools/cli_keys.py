@@ -6,8 +6,12 @@ written atomically); prints the DID and the key file. An existing key is kept un
 (the old identity is then gone for good). ``--owner`` hands the directory and file to the user
 the agent runs as (run init as root).
 
-``acc keys show [--data-dir DIR] [--json]`` prints the DID, curve, public key and the key
-file's mode and owner, and whether the agent would accept them. It never prints the private key.
+``acc keys show [--data-dir DIR] [--credentials-dir DIR] [--json]`` prints the DID, curve, public key
+and the key file's mode and owner, and whether the agent would accept them. It never prints the
+private key. It also lists the credentials the node keeps (``DIR/credentials/*.cose`` and the
+config's ``trust.credentials_dir``, or ``--credentials-dir``): kind, subject, issuer and expiry with
+the days left, flagged when under 30 days or expired (decoded, not verified; flags do not change
+the exit code).
 
 The data dir defaults to the agent's ``agent.data_dir`` (``/etc/autochain/agent.toml`` and
 ``ACC_AGENT__DATA_DIR`` as the agent reads them), else /var/lib/autochain.
@@ -21,6 +25,9 @@ import argparse
 import json
 import os
 import sys
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +42,12 @@ from agent.keystore import (
     key_path,
 )
 
-__all__ = ["register"]
+__all__ = ["EXPIRY_WARN_DAYS", "credential_dirs", "credential_report", "register"]
 
 DEFAULT_DATA_DIR = "/var/lib/autochain"
 DEFAULT_CONFIG = "/etc/autochain/agent.toml"
+#: a credential expiring in fewer days than this is flagged
+EXPIRY_WARN_DAYS = 30
 
 
 def register(subparsers: Any) -> None:
@@ -63,6 +72,12 @@ def register(subparsers: Any) -> None:
         description="Show the device identity and check the key file's mode and owner.",
     )
     _data_dir_arg(show)
+    show.add_argument(
+        "--credentials-dir",
+        metavar="DIR",
+        action="append",
+        help="where credentials (*.cose) are (repeatable; default: DATA_DIR/credentials and trust.credentials_dir)",
+    )
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
 
@@ -82,6 +97,86 @@ def _data_dir(args: argparse.Namespace) -> str:
 
     path = DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None
     return load_config(path).agent.data_dir  # ConfigError: reported by the caller
+
+
+def credential_dirs(data_dir: str | Path, config_dir: str = "") -> list[str]:
+    """Where a node's credentials live: ``<data_dir>/credentials`` and ``trust.credentials_dir``."""
+    dirs = [str(Path(data_dir) / "credentials")]
+    if config_dir and config_dir not in dirs:
+        dirs.append(config_dir)
+    return dirs
+
+
+def credential_report(dirs: Iterable[str | Path], now: float | None = None) -> list[dict[str, Any]]:
+    """Every ``*.cose`` credential in ``dirs``, decoded (NOT verified): kind, subject, issuer, expiry,
+    days left and ``state`` (ok, no expiry, expiring, expired, unreadable). Public data only."""
+    from ledger_lite.credentials import decode_credential
+    from ledger_lite.errors import LedgerError
+
+    now = time.time() if now is None else now
+    out: list[dict[str, Any]] = []
+    for d in dirs:
+        try:
+            files = sorted(Path(d).glob("*.cose"))
+        except OSError:
+            continue
+        for path in files:
+            entry: dict[str, Any] = {"file": str(path)}
+            try:
+                cred = decode_credential(path.read_bytes())
+            except (OSError, LedgerError, ValueError) as err:
+                entry.update(state="unreadable", flagged=True, error=f"{type(err).__name__}: {err}")
+                out.append(entry)
+                continue
+            exp = cred.expires
+            days = None if exp is None else (exp - now) / 86400
+            if days is None:
+                state = "no expiry"
+            elif days <= 0:
+                state = "expired"
+            elif days < EXPIRY_WARN_DAYS:
+                state = "expiring"
+            else:
+                state = "ok"
+            entry.update(
+                kind=str(cred.kind),
+                subject=cred.subject,
+                issuer=cred.issuer,
+                cti=cred.cti.hex(),
+                expires=None if exp is None else datetime.fromtimestamp(exp, UTC).isoformat(timespec="seconds"),
+                days_left=None if days is None else round(days, 1),
+                state=state,
+                flagged=state in ("expiring", "expired"),
+            )
+            out.append(entry)
+    return out
+
+
+def _short_did(did: str, width: int = 24) -> str:
+    return did if len(did) <= width else did[: width - 3] + "..."
+
+
+def render_credentials(creds: list[dict[str, Any]]) -> str:
+    """One or two lines per credential, within 80 columns."""
+    if not creds:
+        return "credentials  none\n"
+    lines = [f"credentials  {len(creds)}"]
+    for c in creds:
+        name = Path(c["file"]).name
+        if c["state"] == "unreadable":
+            lines.append(f"  ! {name}: unreadable: {c['error']}"[:80])
+            continue
+        days = c["days_left"]
+        if days is None:
+            when = "no expiry"
+        elif days <= 0:
+            when = f"EXPIRED {c['expires'][:10]} ({-days:.0f} days ago)"
+        else:
+            when = f"expires {c['expires'][:10]} ({days:.0f} days left)"
+        mark = "!" if c["flagged"] else "-"
+        lines.append(f"  {mark} {c['kind']:<9} {when}{'  EXPIRES SOON' if c['state'] == 'expiring' else ''}")
+        lines.append(f"      subject {_short_did(c['subject'])}  issuer {_short_did(c['issuer'])}")
+    return "\n".join(lines) + "\n"
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
@@ -126,11 +221,21 @@ def cmd_init(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def _configured_credentials_dir(args: argparse.Namespace) -> str:
+    """``trust.credentials_dir`` of the agent's config when it is read (no --data-dir)."""
+    if args.data_dir or not Path(DEFAULT_CONFIG).is_file():
+        return ""
+    from agent.config import load_config
+
+    return load_config(DEFAULT_CONFIG).trust.credentials_dir
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from agent.config import ConfigError
 
     try:
         data_dir = _data_dir(args)
+        cred_dirs = args.credentials_dir or credential_dirs(data_dir, _configured_credentials_dir(args))
     except ConfigError as err:
         return _fail(args, str(err), exitcodes.CONFIG)
     try:
@@ -155,6 +260,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         "agent_uid": os.geteuid(),
         "ok": not report.problems,
         "problems": list(report.problems),
+        "credentials": credential_report(cred_dirs),
     }
     if args.json:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
@@ -166,4 +272,5 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
         for problem in report.problems:
             sys.stdout.write(f"  - {problem}\n")
+        sys.stdout.write(render_credentials(out["credentials"]))
     return exitcodes.OK if out["ok"] else exitcodes.NOPERM
