@@ -87,6 +87,8 @@ class Attestor:
         self._cell = cell
         self._lock = asyncio.Lock()
         self.count = 0
+        #: attestations not put in the outbox because no cell was known (they stay in the chain files)
+        self.unqueued = 0
         self.last_id: bytes | None = None
 
     def _open(self) -> AttestationBuilder:
@@ -142,8 +144,11 @@ class Attestor:
             self.count += 1
             self.last_id = attestation_id(data)
         log.debug("attested %s seq %d (%s)", kind, seq, reading.source)
-        if self.outbox is not None:  # in the chain already: a failed enqueue loses nothing
-            await self.outbox.enqueue(data, cell=self._cell(), kind=kind)
+        cell = self._cell()
+        if self.outbox is not None and cell:  # in the chain already: a failed enqueue loses nothing
+            await self.outbox.enqueue(data, cell=cell, kind=kind)
+        elif self.outbox is not None:
+            self.unqueued += 1  # no cell configured or joined yet: kept in the chain files only
         return data
 
     def status(self) -> dict[str, Any]:
@@ -151,6 +156,7 @@ class Attestor:
         return {
             "did": self.identity.did,
             "attested": self.count,
+            "unqueued_no_cell": self.unqueued,
             "next_seq": state.next_seq if state else None,
             "last_id": self.last_id.hex() if self.last_id else None,
             "dir": str(self.dir),

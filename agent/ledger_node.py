@@ -45,10 +45,12 @@ from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
 from hal.interfaces import Clock
-from ledger_lite import cbor, wire
+from ledger_lite import cbor, cose, wire
 from ledger_lite import consensus as C
 from ledger_lite.app import LedgerApp
+from ledger_lite.attestation import kid_for
 from ledger_lite.block import Block, CommitCertificate, Header, block_value_id, tx_receipt
+from ledger_lite.didkey import resolve
 from ledger_lite.errors import GenesisError, LedgerError, MalformedError
 from ledger_lite.genesis import Genesis
 from ledger_lite.keys import SigningKey
@@ -64,6 +66,8 @@ from .receipts import encode_receipts
 from .topics import MessageKind
 
 __all__ = [
+    "seal",
+    "unseal",
     "LedgerNode",
     "LedgerNodeConfig",
     "LocalHub",
@@ -148,6 +152,23 @@ def decode_announce(data: bytes) -> tuple[Header, CommitCertificate, ValidatorSe
     except GenesisError as err:
         raise MalformedError(f"block announcement: next set: {err}") from err
     return header, cert, vset
+
+
+def seal(key: SigningKey, did: str, payload: bytes) -> bytes:
+    """A ledger payload as a COSE_Sign1 by the sending node's device key (kid = its did:key method):
+    block announcements, sync requests and answers, receipts. Their content verifies on its own
+    (certificates, Merkle paths); the signature says which node sent it, so rejects count per peer."""
+    return cose.sign1(payload, key, kid=kid_for(did).encode())
+
+
+def unseal(data: bytes) -> tuple[str, bytes]:
+    """(signer DID, payload) of a sealed ledger payload; ``LedgerError`` when it does not verify."""
+    msg = cose.decode_sign1(data)
+    kid = (msg.kid or b"").decode(errors="replace")
+    if "#" not in kid:
+        raise MalformedError("sealed payload: kid must be a did:key verification method")
+    cose.verify_sign1(msg, resolve(kid))
+    return kid.partition("#")[0], msg.payload or b""
 
 
 def _encode_sync_block(block: Block, cert: CommitCertificate) -> bytes:
@@ -483,11 +504,22 @@ class LedgerNode:
         self._valid.clear()
         for fn in self.commit_listeners:
             fn(block, cert)
-        await self.transport.send(MessageKind.BLOCK, self._announcement(block.header, cert))
+        await self._send_sealed(MessageKind.BLOCK, self._announcement(block.header, cert))
         if block.header.proposer == self.did:
             await self._publish_receipts(block)
 
     # --- network --------------------------------------------------------------------------------
+
+    async def _send_sealed(self, kind: MessageKind, payload: bytes, *, to: str | None = None) -> None:
+        key = self.params.signer.key  # type: ignore[attr-defined]
+        await self.transport.send(kind, seal(key, self.did, payload), to=to)
+
+    def _from_validator(self, data: bytes, what: str) -> bytes:
+        """Unseal a payload that only a validator of the cell may send (announcements, blocks)."""
+        did, payload = unseal(data)
+        if did not in self._vset_at(self.height + 1) and did not in self._vset_at(self.height + 2):
+            raise LedgerError(f"{what} signed by {did[:40]}..., not a validator of the cell")
+        return payload
 
     def submit_tx(self, tx: bytes) -> AddResult:
         res = self.mempool.add(tx)
@@ -529,7 +561,7 @@ class LedgerNode:
         tree = MerkleTree(block.txs)
         for issuer, wanted in by_issuer.items():
             items = [(aid, tree.prove(i)) for aid, i in wanted.items()]
-            await self.transport.send(
+            await self._send_sealed(
                 MessageKind.RECEIPT, encode_receipts(block.height, items), to=topics.issuer_tag(issuer)
             )
             self.counters.receipts_sent += len(items)
@@ -550,7 +582,7 @@ class LedgerNode:
         if block is None:
             return
         _, proof = tx_receipt(block, where[1])
-        await self.transport.send(
+        await self._send_sealed(
             MessageKind.RECEIPT, encode_receipts(block.height, [(aid, proof)]), to=topics.issuer_tag(issuer)
         )
         self.counters.receipts_sent += 1
@@ -578,15 +610,17 @@ class LedgerNode:
                 return
             self._queue.put_nowait(("input", C.Received(msg)))
         elif kind is MessageKind.BLOCK:
-            header, _cert, _nxt = decode_announce(payload)
+            header, _cert, _nxt = decode_announce(self._from_validator(payload, "block announcement"))
             self._announced = max(self._announced, header.height)
             if sender != self.transport.node_id:
                 self._peer_at(sender, header.height + 1)
         elif kind is MessageKind.SYNC_REQUEST:
             if sender != self.transport.node_id:
-                self._spawn(self._answer_sync(sender, payload), f"sync answer to {sender}")
+                _did, request = unseal(payload)  # anyone may ask (the answers are public and verifiable)
+                self._spawn(self._answer_sync(sender, request), f"sync answer to {sender}")
         elif kind is MessageKind.SYNC_RESPONSE:
-            block, cert = _decode_sync_block(payload)
+            _did, answer = unseal(payload)  # its blocks verify by their certificates
+            block, cert = _decode_sync_block(answer)
             if self._queue.qsize() < _QUEUE_MAX:
                 self._queue.put_nowait(("sync", (block, cert)))
 
@@ -642,7 +676,7 @@ class LedgerNode:
         self._syncing_to = max(self._syncing_to, height)
         self._sync_batch_end = min(height, self.height + SYNC_BATCH)
         req = cbor.dumps([self.height + 1, height])
-        self._spawn(self.transport.send(MessageKind.SYNC_REQUEST, req), "sync request")
+        self._spawn(self._send_sealed(MessageKind.SYNC_REQUEST, req), "sync request")
 
     async def _answer_sync(self, requester: str, payload: bytes) -> None:
         item = cbor.loads(payload)
@@ -658,9 +692,7 @@ class LedgerNode:
                 block, cert = await self.stored(h)
                 if block is None or cert is None:
                     break
-                await self.transport.send(
-                    MessageKind.SYNC_RESPONSE, self._announcement(block.header, cert), to=requester
-                )
+                await self._send_sealed(MessageKind.SYNC_RESPONSE, self._announcement(block.header, cert), to=requester)
             return
         hi = min(hi, self.height, lo + SYNC_BATCH - 1)
         for h in range(lo, hi + 1):
@@ -668,7 +700,7 @@ class LedgerNode:
             cert = await self._io(self.store.certificate, h)
             if block is None or cert is None:
                 break
-            await self.transport.send(MessageKind.SYNC_RESPONSE, _encode_sync_block(block, cert), to=requester)
+            await self._send_sealed(MessageKind.SYNC_RESPONSE, _encode_sync_block(block, cert), to=requester)
 
     async def _on_sync_block(self, block: Block, cert: CommitCertificate) -> None:
         h = block.height
@@ -705,7 +737,7 @@ class LedgerNode:
         if own:
             self.counters.rebroadcasts += 1
         if self.last_block is not None and self.last_cert is not None:
-            await self.transport.send(MessageKind.BLOCK, self._announcement(self.last_block.header, self.last_cert))
+            await self._send_sealed(MessageKind.BLOCK, self._announcement(self.last_block.header, self.last_cert))
 
     # --- diagnostics ----------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from ledger_lite import cbor
 from ledger_lite.block import Block, CommitCertificate, Header
 from ledger_lite.errors import LedgerError, MalformedError
 from ledger_lite.genesis import Genesis
+from ledger_lite.keys import SigningKey
 from ledger_lite.light import ConflictingHeadersError, ExpiredTrustError, LightBlock, LightClient
 from ledger_lite.merkle import InclusionProof, MerkleTree
 from ledger_lite.validators import ValidatorSet
@@ -100,6 +101,10 @@ def receipts_for_block(block: Block, wanted: dict[bytes, int] | None = None) -> 
     return [(aid, tree.prove(i)) for aid, i in wanted.items()]
 
 
+class UnknownSenderError(LedgerError):
+    """A ledger payload signed by a key that is not a validator of the cell."""
+
+
 @dataclass
 class _Counters:
     headers_verified: int = 0
@@ -129,7 +134,11 @@ class ReceiptService:
         state_dir: Path | None = None,
         trusting_period: float = 14 * 86400.0,
         save_every: float = 5.0,
+        key: SigningKey | None = None,
+        did: str = "",
     ) -> None:
+        #: the OBU's device key signs its header requests (RSUs answer only signed requests)
+        self.key, self.did = key, did
         self.cell = cell
         self.genesis = genesis
         self.outbox = outbox
@@ -202,10 +211,10 @@ class ReceiptService:
             async for kind, _sender, payload in self.transport.incoming():
                 try:
                     if kind in (MessageKind.BLOCK, MessageKind.SYNC_RESPONSE):
-                        await self._on_announcement(payload)
+                        await self._on_announcement(self._from_validator(payload))
                     elif kind is MessageKind.RECEIPT:
-                        await self._on_receipts(payload)
-                except MalformedError as err:
+                        await self._on_receipts(self._from_validator(payload))
+                except (MalformedError, UnknownSenderError) as err:
                     self.counters.malformed += 1
                     log.info("receipts: %s message refused: %s", kind, err)
                 if self._dirty and self.clock.monotonic() - self._saved_mono >= self.save_every:
@@ -213,6 +222,18 @@ class ReceiptService:
         finally:
             if self._dirty:
                 await self.save()
+
+    def _from_validator(self, data: bytes) -> bytes:
+        """Unseal a payload signed by a validator of the cell (the trusted set, or the genesis set)."""
+        from .ledger_node import unseal
+
+        try:
+            did, payload = unseal(data)
+        except LedgerError as err:
+            raise MalformedError(f"not a sealed ledger payload: {err}") from err
+        if did not in self.client.trusted_validators and did not in self.genesis.validators:
+            raise UnknownSenderError(f"signed by {did[:40]}..., not a validator of cell {self.cell}")
+        return payload
 
     # --- headers --------------------------------------------------------------------------------
 
@@ -279,7 +300,13 @@ class ReceiptService:
         lo = self.client.height + 1
         hi = min(upto, lo + HEADER_BATCH - 1)
         self.counters.header_requests += 1
-        await self.transport.send(MessageKind.SYNC_REQUEST, cbor.dumps([lo, hi, "headers"]))
+        request = cbor.dumps([lo, hi, "headers"])
+        if self.key is None:
+            log.warning("receipts: no device key to sign header requests; RSUs will not answer")
+            return
+        from .ledger_node import seal
+
+        await self.transport.send(MessageKind.SYNC_REQUEST, seal(self.key, self.did, request))
 
     # --- receipts -------------------------------------------------------------------------------
 
@@ -356,7 +383,10 @@ class CellReceipts:
         health: HealthRegistry | None,
         state_dir: Path,
         max_cells: int = 4,
+        key: SigningKey | None = None,
+        did: str = "",
     ) -> None:
+        self.key, self.did = key, did
         self.client, self.dispatcher, self.receipt_tag = client, dispatcher, receipt_tag
         self.outbox, self.clock, self.health, self.state_dir = outbox, clock, health, state_dir
         self.max_cells = max_cells
@@ -388,6 +418,8 @@ class CellReceipts:
                     clock=self.clock,
                     health=self.health,
                     state_dir=self.state_dir,
+                    key=self.key,
+                    did=self.did,
                 )
                 await transport.subscribe()
                 self.services[cell] = service

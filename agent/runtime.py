@@ -393,6 +393,8 @@ class Agent:
             clock=self.clock,
             health=self.health,
             state_dir=Path(cfg.agent.data_dir) / "ledger",
+            key=self.identity.key,
+            did=self.identity.did,
         )
         if cfg.ledger.genesis_file:
             try:

@@ -7,8 +7,13 @@ URL) that the agent under test reads as its GNSS receiver.
 
     acc-bench vehicle --can0 socketcan:vcan0 --can1 socketcan:vcan1 --nmea pty --duration 60
     acc-bench replay run.blf --bus socketcan:vcan0 --speed 1.0
+    acc-bench scenario tests/data/scenarios/harsh_brake.toml --junit report.xml
 
-Scenarios with timed events, faults and expectations come with the bench issue.
+``scenario`` runs the real agent (``agent.runtime.Agent`` built from a generated TOML config
+exactly as ``acc-agent --config`` builds it) in this process on python-can ``virtual`` buses
+that the bench drives with the scenario's route or replay and faults, watches the attestor's
+chain directory and the diagnostics socket, and reports pass/fail (exit 0 / 1). Scenario format:
+tools/bench_scenario.py and docs/bench.md.
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
+import json
 import os
 import signal
 import sys
+import tempfile
+import time
 import tty
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from agent import exitcodes
 from agent.logsetup import setup_logging
@@ -160,6 +169,418 @@ async def run_replay(args: argparse.Namespace, out: IO[str]) -> int:
     return exitcodes.OK
 
 
+_RUNS = itertools.count()
+
+
+def dump_toml(table: dict[str, Any], prefix: str = "") -> list[str]:
+    """Lines of a TOML document for plain data (tables, arrays of tables, scalars, lists)."""
+
+    def key(k: str) -> str:
+        return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    lines: list[str] = []
+    nested: list[tuple[str, Any]] = []
+    for k, v in table.items():
+        if isinstance(v, dict) or (isinstance(v, list) and v and all(isinstance(x, dict) for x in v)):
+            nested.append((k, v))
+        else:
+            lines.append(f"{key(k)} = {value(v)}")
+    for k, v in nested:
+        name = prefix + key(k)
+        for item in [v] if isinstance(v, dict) else v:
+            lines += ["", f"[{name}]" if isinstance(v, dict) else f"[[{name}]]"]
+            lines += dump_toml(item, name + ".")
+    return lines
+
+
+def _merge(into: dict[str, Any], extra: Any) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+_MULTICAST_REFUSED = (
+    "--agent process puts the CAN buses on udp_multicast, which would leave this machine through {}: "
+    "run it in a private network namespace with only loopback (add --netns, as root)"
+)
+
+
+class BenchRefused(Exception):
+    """The bench will not run this way here (e.g. multicast outside a private namespace)."""
+
+
+def agent_config(
+    sc: Any, data_dir: Path, nmea_device: str, diag_socket: Path, *, multicast: bool = False
+) -> dict[str, Any]:
+    """The agent configuration of a scenario run: the demo's two buses with the reference
+    DBCs (python-can ``virtual`` channels of their own, or with ``multicast`` one
+    ``udp_multicast`` group and UDP port per bus), NMEA from the bench's pty, behaviour on
+    (the scenario's ``[agent]`` table is merged on top)."""
+    from agent.demo import demo_base_config
+
+    cfg = demo_base_config(str(data_dir))
+    tag = f"acc-bench-{os.getpid()}-{next(_RUNS)}"
+    for i, bus in enumerate(cfg["can"]):
+        bus["channel"] = f"{tag}-{bus['name']}"
+        if multicast:  # a UDP port per bus as well: a socket bound to a port hears every group on it
+            bus.update(interface="udp_multicast", channel=f"239.74.163.{20 + i}", options={"port": 43210 + i})
+    cfg["agent"].update(node_id="bench-obu", diag_socket=str(diag_socket), log_level="warning")
+    cfg["gnss"]["device"] = nmea_device
+    cfg["attest"]["summary_interval"] = 0.0
+    cfg["behaviour"] = {"enabled": True}
+    # the outbox refuses entries without a destination cell (ValueError, which the behaviour
+    # service does not catch): give the bench's agent one, as a deployed OBU has
+    cfg["mqtt"] = {"cell": "bench-cell"}
+    _merge(cfg, sc.agent)
+    return cfg
+
+
+class InProcessAgent:
+    """The agent under test as ``agent.runtime.Agent`` in this event loop (``virtual`` buses)."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.agent.run(), name="agent")
+        built = asyncio.create_task(self.agent.built.wait())
+        await asyncio.wait({self.task, built}, return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():
+            built.cancel()
+            await self.task  # raises what stopped it
+            raise RuntimeError("the agent stopped before it was built")
+
+    async def wait(self) -> None:
+        assert self.task is not None
+        await asyncio.shield(self.task)
+
+    def why(self) -> str:
+        t = self.task
+        return "" if t is None or not t.done() or t.cancelled() else repr(t.exception())
+
+    async def stop(self) -> None:
+        self.agent.request_stop()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+class AgentProcess:
+    """The agent under test as its own process, ``python -m agent.main --config FILE`` (buses
+    on ``udp_multicast``: only inside a private network namespace with only loopback)."""
+
+    def __init__(self, config: Path, overrides: Sequence[str], log: Path, diag: Path) -> None:
+        self.argv = [sys.executable, "-m", "agent.main", "--config", str(config)]
+        for item in overrides:
+            self.argv += ["--set", item]
+        self.log = log
+        self.diag = diag
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        from agent.diagnostics import DiagError, query
+
+        with open(self.log, "wb") as fh:  # noqa: ASYNC230 - opened once, before anything runs
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=fh, stderr=fh, cwd=Path(__file__).parent.parent
+            )
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"the agent exited with {self.proc.returncode} before it was up: {self.why()}")
+            with contextlib.suppress(DiagError):
+                status = await asyncio.to_thread(query, self.diag, "status", 2.0)
+                if any(name.startswith("can.") for name in status["health"]):
+                    return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"the agent did not answer on {self.diag} within 60 s: {self.why()}")
+
+    async def wait(self) -> None:
+        assert self.proc is not None
+        await self.proc.wait()
+
+    def why(self) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return (lines[-1] if lines else "") + f" (log: {self.log})"
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15.0)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def run_scenario(
+    sc: Any,
+    workdir: Path,
+    *,
+    overrides: Sequence[str] = (),
+    out: IO[str] | None = None,
+    mode: str = "inprocess",
+) -> Any:
+    """Run ``sc`` (a ``bench_scenario.Scenario``) against the real agent and return its
+    ``Report``. ``mode`` ``inprocess``: ``agent.runtime.Agent`` in this event loop on python-can
+    ``virtual`` buses; ``process``: ``python -m agent.main`` as a child process on
+    ``udp_multicast`` buses (only in a private network namespace with only loopback).
+    ``overrides`` are ``section.key=value`` settings for the agent (as ``acc-agent --set``)."""
+    from agent.config import load_config
+    from agent.keystore import ensure_device_key
+    from agent.runtime import Agent
+    from drivers.can_bus import non_loopback_interfaces_up
+    from tools.bench_scenario import Observed, build_vehicle, evaluate
+
+    if mode == "process" and (up := await asyncio.to_thread(non_loopback_interfaces_up)):
+        raise BenchRefused(_MULTICAST_REFUSED.format(", ".join(up)))
+    started = time.monotonic()
+    vehicle = build_vehicle(sc) if sc.replay is None else None  # refuses impossible events before anything runs
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    data_dir = workdir / "agent"
+    # a Unix socket path must stay short (108 bytes): a private temporary directory
+    sock_dir = Path(tempfile.mkdtemp(prefix="acc-bench-"))
+    diag = sock_dir / "diag.sock"
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    observed = Observed()
+    try:
+        await asyncio.to_thread(ensure_device_key, data_dir)
+        raw = agent_config(sc, data_dir, os.ttyname(slave), diag, multicast=mode == "process")
+        cfg_path = workdir / "agent.toml"
+        cfg_path.write_text(
+            "# generated by acc-bench for scenario " + sc.name + "\n" + "\n".join(dump_toml(raw)) + "\n"
+        )
+        config = load_config(cfg_path, env={}, overrides=overrides)  # refuses a bad override here
+        aut: InProcessAgent | AgentProcess
+        if mode == "process":
+            aut = AgentProcess(cfg_path, overrides, workdir / "agent.log", diag)
+        else:
+            aut = InProcessAgent(Agent(config, handle_signals=False))
+        if out is not None:
+            out.write(f"running scenario {sc.name!r}: {sc.duration:g} s drive + {sc.settle:g} s settle\n")
+            out.flush()
+        opened: list[Any] = []
+        try:
+            await aut.start()
+            report = await _drive(sc, aut, config, vehicle, master, diag, observed, opened)
+        finally:
+            await aut.stop()
+            for p in opened:
+                await p.close()
+        if sc.faults.any:
+            observed.notes["faults"] = report
+        observed.events = _driving_events(data_dir, observed.t0_utc)
+    finally:
+        for fd in (master, slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        await asyncio.to_thread(_remove_socket_dir, sock_dir)
+    return evaluate(sc, observed, time.monotonic() - started)
+
+
+async def _drive(
+    sc: Any, aut: Any, config: Any, vehicle: Any, master: int, diag: Path, observed: Any, opened: list[Any]
+) -> dict[str, Any]:
+    """Drive the scenario onto the agent's buses while watching its health; returns the fault
+    counters per bus. Ports it opens are added to ``opened`` (the caller closes them)."""
+    from agent.diagnostics import DiagError, query
+    from drivers.can_bus import PythonCanPort
+    from drivers.clock import SystemClock
+    from drivers.simvehicle import run_sim
+    from hal.types import CanFrame
+    from tools.bench_scenario import FaultInjector
+
+    clock = SystemClock()
+    await clock.sleep(0.5)  # the CAN services open their buses
+    ports = {
+        b.name: PythonCanPort(f"bench-{b.name}", interface=b.interface, channel=b.channel, bitrate=b.bitrate)
+        for b in config.can
+    }
+    for name, port in ports.items():
+        port_opts = next(b.options for b in config.can if b.name == name)
+        if port_opts:  # udp_multicast: the same group *and* UDP port as the agent's bus
+            ports[name] = PythonCanPort(
+                port.name, interface=port.interface, channel=port.channel, bitrate=port.bitrate, **port_opts
+            )
+    t0 = clock.monotonic()
+    t0_utc = clock.time()
+
+    def now() -> float:
+        return clock.monotonic() - t0
+
+    injectors: dict[str, Any] = {n: FaultInjector(p, sc.faults, now, sc.seed, bus=n) for n, p in ports.items()}
+    for p in ports.values():
+        await p.open()
+        opened.append(p)
+    observed.t0_utc = t0_utc
+
+    def nmea_sink(data: bytes) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(master, data)
+
+    async def error_frames() -> None:
+        period = 1.0 / sc.faults.error_frames_per_s
+        for k in itertools.count(1):
+            await clock.sleep_until(t0 + k * period)
+            for p in ports.values():
+                await p.send(CanFrame(arbitration_id=0, data=bytes(8), is_error_frame=True, is_rx=False))
+            observed.notes["error frames sent"] = k * len(ports)
+
+    async def watch_health() -> None:
+        for k in itertools.count(1):
+            await clock.sleep_until(t0 + k * 1.0)
+            with contextlib.suppress(DiagError):
+                st = await asyncio.to_thread(query, diag, "status")
+                observed.health.append((now(), {n: h["status"] for n, h in st["health"].items()}))
+
+    async def drive() -> None:
+        if vehicle is not None:
+            vehicle.start(t0, t0_utc)
+            await run_sim(vehicle, injectors, nmea_sink, clock, sc.duration)
+        else:
+            from drivers.can_replay import replay_to
+
+            rp = sc.replay
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    replay_to(injectors[rp.bus], rp.path, speed=rp.speed, channel=rp.channel),
+                    sc.duration,
+                )
+
+    helpers = [asyncio.create_task(watch_health())]
+    if sc.faults.error_frames_per_s:
+        helpers.append(asyncio.create_task(error_frames()))
+    try:
+        drive_task = asyncio.create_task(drive())
+        agent_gone = asyncio.create_task(aut.wait())
+        await asyncio.wait({drive_task, agent_gone}, return_when=asyncio.FIRST_COMPLETED)
+        if agent_gone.done():
+            drive_task.cancel()
+            raise RuntimeError(f"the agent stopped during the drive: {aut.why()}")
+        agent_gone.cancel()
+        await drive_task
+        await clock.sleep_until(t0 + sc.duration + sc.settle)
+        with contextlib.suppress(DiagError):
+            st = await asyncio.to_thread(query, diag, "status")
+            observed.health.append((now(), {n: h["status"] for n, h in st["health"].items()}))
+            beh = st.get("behaviour")
+            observed.notes["agent behaviour"] = (
+                "off" if beh is None else f"events {beh['events']}, attested {beh['attested']}"
+            )
+            net = await asyncio.to_thread(query, diag, "net")
+            if net.get("outbox") is not None:
+                observed.notes["agent outbox"] = f"{net['outbox']['pending']} attestation(s) pending"
+    finally:
+        for h in helpers:
+            h.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+    return {n: i.counts for n, i in injectors.items()}
+
+
+def _remove_socket_dir(sock_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        for p in sock_dir.iterdir():
+            p.unlink()
+        sock_dir.rmdir()
+
+
+def _driving_events(data_dir: Path, t0_utc: float) -> list[Any]:
+    """The ``driving_event`` attestations in the attestor's chain directory, as events timed
+    from the start of the drive (attestation time minus the event's duration)."""
+    from agent.attestor import chain_dir
+    from ledger_lite.attestation import decode_attestation
+    from tools.bench_scenario import ObservedEvent
+
+    events = []
+    for path in sorted(chain_dir(data_dir).glob("*.cose")):
+        att = decode_attestation(path.read_bytes())
+        if att.kind != "driving_event":
+            continue
+        body = att.body
+        duration = float(body.get("duration", 0.0))
+        events.append(
+            ObservedEvent(
+                kind=str(body["event"]),
+                t=att.time - duration - t0_utc,
+                severity=float(body.get("severity", 0.0)),
+                duration=duration,
+                seq=att.seq,
+            )
+        )
+    return events
+
+
+def run_scenario_command(args: argparse.Namespace, out: IO[str]) -> int:
+    from drivers.can_bus import non_loopback_interfaces_up
+    from tools.bench_scenario import ScenarioError, load_scenario
+
+    try:
+        sc = load_scenario(args.scenario)
+    except ScenarioError as err:
+        sys.stderr.write(f"acc-bench: {err}\n")
+        return exitcodes.USAGE
+    if args.agent == "process" and (up := non_loopback_interfaces_up()):
+        if args.netns:
+            return _rerun_in_netns(args.argv)
+        sys.stderr.write(f"acc-bench: {_MULTICAST_REFUSED.format(', '.join(up))}\n")
+        return exitcodes.UNAVAILABLE
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix=f"acc-bench-{sc.name.replace(' ', '_')[:20]}-"))).resolve()
+    try:
+        report = asyncio.run(run_scenario(sc, workdir, overrides=args.set, out=out, mode=args.agent))
+    except ScenarioError as err:
+        sys.stderr.write(f"acc-bench: {err}\n")
+        return exitcodes.USAGE
+    except BenchRefused as err:
+        sys.stderr.write(f"acc-bench: {err}\n")
+        return exitcodes.UNAVAILABLE
+    except (HalError, RuntimeError, OSError) as err:
+        sys.stderr.write(f"acc-bench: scenario {sc.name!r} could not run: {err}\n")
+        return exitcodes.SOFTWARE
+    out.write(report.text() + "\n")
+    out.write(f"agent data and generated config in {workdir}\n")
+    out.flush()
+    if args.junit:
+        Path(args.junit).write_bytes(report.junit())
+    return exitcodes.OK if report.passed else exitcodes.FAILURE
+
+
+def _rerun_in_netns(argv: Sequence[str]) -> int:
+    """This command again, in a new private network namespace with only loopback up and a
+    multicast route on it (``unshare -n``, needs root); returns its exit code."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        sys.stderr.write("acc-bench: --netns needs unshare and ip (util-linux, iproute2)\n")
+        return exitcodes.UNAVAILABLE
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    script = 'ip link set lo up && ip route add 224.0.0.0/4 dev lo && exec "$@"'
+    cmd = ["unshare", "-n", "sh", "-c", script, "sh", sys.executable, "-m", "tools.acc_bench", *argv]
+    sys.stdout.flush()
+    return subprocess.run(cmd, env=env, check=False).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="acc-bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("-v", "--verbose", action="count", default=0)
@@ -178,15 +599,37 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--channel", help="only this channel of the log")
     r.add_argument("--bitrate", type=int, default=500_000)
     r.add_argument("--speed", type=float, default=1.0, help="pace factor; 0 = as fast as possible")
+    sc = sub.add_parser("scenario", help="run a scenario file against the real agent and check its expectations")
+    sc.add_argument("scenario", type=Path, help="scenario TOML (docs/bench.md)")
+    sc.add_argument("--junit", type=Path, help="also write the report as JUnit XML here")
+    sc.add_argument("--workdir", type=Path, help="agent data dir and generated config (default: a new temp dir)")
+    sc.add_argument(
+        "--agent",
+        choices=["inprocess", "process"],
+        default="inprocess",
+        help="the agent in this process on virtual buses (default), or as `python -m agent.main` on "
+        "udp_multicast buses (only in a private network namespace: see --netns)",
+    )
+    sc.add_argument("--netns", action="store_true", help="with --agent process: run in a new private netns (root)")
+    sc.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an agent setting (as acc-agent --set)"
+    )
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     setup_logging("debug" if args.verbose > 1 else "info" if args.verbose else "warning")
     if args.command == "vehicle" and not (args.can0 or args.can1 or args.nmea):
         sys.stderr.write("acc-bench vehicle: give at least one of --can0, --can1, --nmea\n")
         return exitcodes.USAGE
+    if args.command == "scenario":
+        try:
+            return run_scenario_command(args, sys.stdout)
+        except KeyboardInterrupt:
+            return exitcodes.FAILURE
     runner = run_vehicle if args.command == "vehicle" else run_replay
     try:
         return asyncio.run(runner(args, sys.stdout))

@@ -106,3 +106,24 @@ async def test_sensor_summary_every_interval(tmp_path: Path) -> None:
     assert b["distance"] == pytest.approx(74.5, abs=0.6)  # 49 x 0.5 m + 50 x 1.0 m
     assert b["gnss_fix_ratio"] == pytest.approx(0.81) and b["can_frames"] == 4000
     assert b["accel_long_min"] == -1.0 and b["accel_lat_max"] == 0.5
+
+
+async def test_without_a_cell_attestations_stay_in_the_chain_and_are_not_queued(tmp_path: Path) -> None:
+    """No cell configured or joined yet: the outbox would refuse an entry without a destination;
+    the attestation is in the chain files and counted as not queued (the service does not crash)."""
+    from agent.outbox import AsyncOutbox
+
+    init_device_key(tmp_path)
+    identity = load_identity(tmp_path)
+    clock = SimulatedClock(start_utc=T0.timestamp())
+    outbox = await AsyncOutbox.open(tmp_path / "outbox.db", budget_bytes=1 << 20, clock=clock)
+    cell = [""]
+    a = Attestor(identity, tmp_path, clock, outbox=outbox, cell=lambda: cell[0])
+    body = {"event": "harsh_brake", "severity": 0.5, "duration": 1.2, "speed": 12.0}
+    await a.attest("driving_event", body)
+    assert a.unqueued == 1 and (await outbox.stats()).pending == 0
+    cell[0] = "cell-7"
+    await a.attest("driving_event", body)
+    assert a.unqueued == 1 and (await outbox.stats()).pending == 1
+    assert len(list(chain_dir(tmp_path).iterdir())) >= 2
+    await outbox.close()

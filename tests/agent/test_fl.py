@@ -158,7 +158,15 @@ async def test_three_rounds_over_the_broker_commit_models_and_obus_load_only_com
             outbox = await AsyncOutbox.open(tmp_path / f"obu{i}.db", budget_bytes=1 << 20, clock=clock)
             light_t = MqttTransport(c, d, receipt_tag=topics.issuer_tag(did_key(key.public)))
             await light_t.subscribe()
-            follower = ReceiptService(cell="fl-cell", genesis=genesis, outbox=outbox, transport=light_t, clock=clock)
+            follower = ReceiptService(
+                cell="fl-cell",
+                genesis=genesis,
+                outbox=outbox,
+                transport=light_t,
+                clock=clock,
+                key=key,
+                did=did_key(key.public),
+            )
             tasks.append(asyncio.create_task(follower.run()))
             data = make_data(100 + i, 200, [i % K, (i + 1) % K, (i + 2) % K])
             model = SoftmaxModel()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.blockstore import BlockStore
-from agent.ledger_node import LedgerNode, LedgerNodeConfig, LocalHub, decode_announce
+from agent.ledger_node import LedgerNode, LedgerNodeConfig, LocalHub, decode_announce, unseal
 from agent.topics import MessageKind
 from drivers.clock import SystemClock
 from ledger_lite import consensus as C
@@ -115,7 +115,7 @@ class LightFollower:
         async for kind, _sender, payload in self.transport.incoming():
             if kind is not MessageKind.BLOCK:
                 continue
-            header, cert, nxt = decode_announce(payload)
+            header, cert, nxt = decode_announce(unseal(payload)[1])
             if header.height != self.client.height + 1:
                 continue  # a repeat, or one the sequential client cannot take yet
             try:

@@ -58,6 +58,8 @@ class Obu:
             clock=self.clock,
             state_dir=self.tmp,
             save_every=0.5,
+            key=self.key,
+            did=self.did,
         )
         self.tasks = [asyncio.create_task(sender.run()), asyncio.create_task(self.service.run())]
 

@@ -30,7 +30,7 @@ import paho.mqtt.client as paho
 from agent.blockstore import BlockStore
 from agent.diagnostics import DiagError, query
 from agent.keystore import ensure_device_key
-from agent.ledger_node import decode_announce
+from agent.ledger_node import decode_announce, unseal
 from ledger_lite.attestation import AttestationBuilder, TimeSource, attestation_id
 from ledger_lite.didkey import did_key
 from ledger_lite.keys import SigningKey
@@ -145,7 +145,7 @@ def run_cell(n: int, rate: float, seconds: float, port: int, root: Path) -> dict
     sub = _client(port, "bench-blocks")
 
     def on_block(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
-        header, _, _ = decode_announce(msg.payload)
+        header, _, _ = decode_announce(unseal(msg.payload)[1])
         announced.setdefault(header.height, time.time())
 
     sub.on_message = on_block
