@@ -276,3 +276,38 @@ def test_harsh_brake_against_the_agent_process_in_a_netns(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ET.parse(junit).getroot().get("failures") == "0"
     assert "udp_multicast" in (tmp_path / "run" / "agent.toml").read_text()
+
+
+def test_replay_of_a_real_css_electronics_drive_with_expectations(
+    refdata: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real recording (../shared/refdata/can/css-electronics-canmod-gps, a car in Denmark,
+    2021): the CANmod.gps GNSS/IMU channel (can2, ~100 Hz IMU) replayed with its timing onto the
+    agent's can0 with 1 % frame loss. The agent's powertrain DBC does not describe these frames:
+    the expectations are that the bus is healthy, nothing crashes, and no driving event is
+    claimed from traffic the agent cannot decode."""
+    log = refdata / "can" / "css-electronics-canmod-gps" / "3BA199E2_00000164_00000005-60FEB5A8.candump.log"
+    scenario = tmp_path / "css.toml"
+    scenario.write_text(
+        f"""
+name = "css-canmod-replay"
+duration = 6.0
+settle = 1.0
+replay = {{ path = "{log}", bus = "can0", channel = "can2" }}
+[faults]
+frame_loss = 0.01
+[[expect.health]]
+subsystem = "can.can0"
+status = "ok"
+[[expect.no_event]]
+kind = "harsh_brake"
+[[expect.no_event]]
+kind = "harsh_accel"
+[[expect.no_event]]
+kind = "harsh_corner"
+"""
+    )
+    rc = acc_bench.main(["scenario", str(scenario), "--workdir", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "replay of" in out and "'lost': " in out
