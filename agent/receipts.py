@@ -40,7 +40,13 @@ from ledger_lite.block import Block, CommitCertificate, Header
 from ledger_lite.errors import LedgerError, MalformedError
 from ledger_lite.genesis import Genesis
 from ledger_lite.keys import SigningKey
-from ledger_lite.light import ConflictingHeadersError, ExpiredTrustError, LightBlock, LightClient
+from ledger_lite.light import (
+    ConflictingHeadersError,
+    ExpiredTrustError,
+    LightBlock,
+    LightClient,
+    UnverifiedHeightError,
+)
 from ledger_lite.merkle import InclusionProof, MerkleTree
 from ledger_lite.validators import ValidatorSet
 
@@ -116,6 +122,7 @@ class _Counters:
     unknown: int = 0
     bad_receipts: int = 0
     pending_dropped: int = 0
+    retired_by_back_link: int = 0
     rejected_headers: int = 0
     malformed: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
@@ -155,6 +162,10 @@ class ReceiptService:
         self._ahead: OrderedDict[int, tuple[Header, CommitCertificate, ValidatorSet | None]] = OrderedDict()
         self._pending: dict[int, list[tuple[bytes, InclusionProof]]] = {}
         self._pending_count = 0
+        #: receipts older than the headers held, their headers linked backwards (see _verify_old)
+        self._old: dict[int, list[tuple[bytes, InclusionProof, bytes]]] = {}
+        self._below: dict[int, Header] = {}
+        self._back: dict[int, Header] = {}
         self._asked_mono = -1e9
         self._dirty = False
         self._saved_mono = 0.0
@@ -246,6 +257,8 @@ class ReceiptService:
         if h <= self.client.height:
             if self.client.verified_header(h) is not None:
                 await self._verify(header, cert, nxt)  # a different header there is evidence
+            elif self._old:
+                await self._link_back(header)
             return
         if h > self.client.height + 1:
             if len(self._ahead) < MAX_AHEAD:
@@ -333,12 +346,85 @@ class ReceiptService:
                 continue
             try:
                 self.client.verify_receipt(entry.payload, height, proof)
+            except UnverifiedHeightError:
+                if height < self.client.height:  # older than the headers held (e.g. after a restart)
+                    await self._verify_old(height, aid, proof, entry.payload)
+                    continue
+                self.counters.bad_receipts += 1
+                continue
             except LedgerError as err:
                 self.counters.bad_receipts += 1
                 log.warning("receipts: %s receipt for %s at %d refused: %s", self.cell, aid.hex()[:16], height, err)
                 continue
             if await self.outbox.retire_receipt(Receipt(aid, self.cell, height, proof)):
                 self.counters.retired += 1
+
+    # --- receipts for heights before the headers held: backward verification ---------------------
+
+    async def _verify_old(self, height: int, aid: bytes, proof: InclusionProof, tx: bytes) -> None:
+        """A receipt for a height below the light client's window (it restarted from its saved
+        trusted header, or the window moved on): verify the header of that height by hash links
+        backwards from a header the client verified (each header names its predecessor's id), then
+        the Merkle path against it. The headers are asked for like a forward gap."""
+        header = self._back.get(height)
+        if header is None:
+            if sum(map(len, self._old.values())) < MAX_PENDING:
+                self._old.setdefault(height, []).append((aid, proof, tx))
+            anchor = self._anchor()
+            if anchor is not None and height < anchor:
+                await self._ask_range(height, anchor - 1)
+            return
+        try:
+            proof.verify(tx, header.tx_root)
+        except LedgerError as err:
+            self.counters.bad_receipts += 1
+            log.warning("receipts: %s receipt for %s at %d refused: %s", self.cell, aid.hex()[:16], height, err)
+            return
+        if await self.outbox.retire_receipt(Receipt(aid, self.cell, height, proof)):
+            self.counters.retired += 1
+            self.counters.retired_by_back_link += 1
+
+    def _anchor(self) -> int | None:
+        """The lowest height whose header is trusted: backward-linked, or verified and held."""
+        if self._back:
+            return min(self._back)
+        h = self.client.height
+        while h > 0 and self.client.verified_header(h - 1) is not None:
+            h -= 1
+        return h if h > 0 and self.client.verified_header(h) is not None else None
+
+    def _trusted_at(self, height: int) -> Header | None:
+        return self._back.get(height) or self.client.verified_header(height)
+
+    async def _link_back(self, header: Header) -> None:
+        """Keep an older header; link every kept header downwards from the anchor by prev ids."""
+        if len(self._below) < MAX_AHEAD:
+            self._below[header.height] = header
+        anchor = self._anchor()
+        while anchor is not None and (older := self._below.pop(anchor - 1, None)) is not None:
+            above = self._trusted_at(anchor)
+            if above is None or older.block_id() != above.prev_block_id:
+                self.counters.rejected_headers += 1
+                log.warning("receipts: %s header %d does not link to %d; dropped", self.cell, older.height, anchor)
+                break
+            self._back[older.height] = older
+            while len(self._back) > MAX_AHEAD:
+                del self._back[max(self._back)]
+            anchor = older.height
+            waiting = self._old.pop(anchor, [])
+            for aid, proof, tx in waiting:
+                await self._verify_old(anchor, aid, proof, tx)
+
+    async def _ask_range(self, lo: int, hi: int) -> None:
+        now = self.clock.monotonic()
+        if now - self._asked_mono < 1.0 or self.key is None:
+            return
+        self._asked_mono = now
+        from .ledger_node import seal
+
+        self.counters.header_requests += 1
+        lo = max(lo, hi - HEADER_BATCH + 1)
+        await self.transport.send(MessageKind.SYNC_REQUEST, seal(self.key, self.did, cbor.dumps([lo, hi, "headers"])))
 
     # --- status ---------------------------------------------------------------------------------
 

@@ -194,3 +194,41 @@ def test_receipt_wire_format_is_strict() -> None:
     for bad in (b"", b"\x80", encode_receipts(7, [])[:-1], b"\x82\x07\x81\x84\x40\x00\x00\x80"):
         with pytest.raises(MalformedError):
             decode_receipts(bad)
+
+
+async def test_receipts_older_than_the_resumed_light_client_are_verified_by_back_links(
+    cell: Cell, tmp_path: Path
+) -> None:
+    """Entries committed while their receipts were lost; the OBU restarts from its saved trusted
+    header (which holds no older header): the receipts for the old heights that come with the
+    resends are checked by hash links backwards from the trusted header, then retire the entries."""
+    for did in cell.dids:
+        await cell.start(did)
+    (tmp_path / "obu").mkdir()
+    obu = Obu(cell, tmp_path / "obu")
+    await obu.start()
+    tag = issuer_tag(obu.did)
+    cell.hub.aliases[obu.name].discard(tag)  # receipts are lost
+    nodes = list(cell.nodes.values())
+    try:
+        await obu.attest(3)
+        await cell.wait(lambda: all(n.counters.committed_txs >= 3 for n in nodes), what="committed")
+        committed_at = max(n.height for n in nodes)
+        svc = obu.service
+        assert svc is not None
+        await cell.wait(lambda: svc.client.height >= committed_at + 3, what="the light client moves on")
+    finally:
+        await obu.stop()
+    again = Obu(cell, tmp_path / "obu")
+    await again.start()  # resumes from the saved state, receipts flow again
+    try:
+        svc2 = again.service
+        assert svc2 is not None
+
+        async def retired3() -> bool:
+            return await again.retired() >= 3
+
+        await wait_async(retired3, 40, "receipts for old heights")
+        assert svc2.counters.retired_by_back_link >= 1 and svc2.counters.bad_receipts == 0
+    finally:
+        await again.stop()

@@ -20,7 +20,28 @@ from ledger_lite.didkey import did_key
 from ledger_lite.keys import SigningKey
 
 
-class Rsu:
+class AgentProcess:
+    """An ``acc-agent`` child process: ``kill()`` is SIGKILL, ``stop()`` SIGTERM then SIGKILL."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
+class Rsu(AgentProcess):
     def __init__(self, root: Path, i: int, port: int, genesis: Path, cell: str = "cell-rsu") -> None:
         self.cell = cell
         self.name = f"rsu{i}"
@@ -72,21 +93,6 @@ rebroadcast = 1.0
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
 
     def status(self) -> dict[str, Any] | None:
         try:

@@ -19,7 +19,7 @@ from agent.diagnostics import DiagError, query
 from agent.fl import _signed, initial_model, model_id
 from ledger_lite.didkey import did_key
 from ledger_lite.keys import SigningKey
-from tests.integration.cell import Rsu, start_cell, wait_for
+from tests.integration.cell import AgentProcess, Rsu, start_cell, wait_for
 from tests.mqtt_broker import Broker
 from tools.acc import main as acc_main
 
@@ -27,7 +27,7 @@ CELL = "cell-fl"
 pytestmark = pytest.mark.timeout(300)
 
 
-class Obu:
+class Obu(AgentProcess):
     def __init__(self, root: Path, i: int, port: int, genesis: Path) -> None:
         self.dir = root / f"obu{i}"
         self.dir.mkdir(parents=True)
@@ -55,13 +55,6 @@ class Obu:
             return query(self.sock, "fl", timeout=3.0) or {}
         except (DiagError, OSError):
             return {}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def test_one_rsu_and_five_obus_complete_three_rounds_and_refuse_an_uncommitted_model(

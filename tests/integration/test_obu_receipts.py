@@ -6,7 +6,6 @@ exactly once, in one unbroken chain, and retired from its outbox."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 from agent.blockstore import BlockStore
 from agent.diagnostics import DiagError, query
 from ledger_lite.attestation import decode_attestation
-from tests.integration.cell import Rsu, start_cell, wait_for
+from tests.integration.cell import AgentProcess, Rsu, start_cell, wait_for
 from tests.mqtt_broker import Broker
 from tools.acc import main as acc_main
 
@@ -26,7 +25,7 @@ CELL = "cell-obu"
 pytestmark = pytest.mark.timeout(300)
 
 
-class ObuProc:
+class ObuProc(AgentProcess):
     def __init__(self, root: Path, port: int, genesis: Path) -> None:
         self.dir = root / "obu"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -73,21 +72,6 @@ class ObuProc:
     def outbox(self) -> dict[str, Any]:
         net = self.ask("net")
         return (net or {}).get("outbox") or {}
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
 
 
 def test_obu_attestations_reach_the_ledger_once_through_outage_and_sigkill(tmp_path: Path, mosquitto: Broker) -> None:
