@@ -71,6 +71,7 @@ from ledger_lite.errors import (
 )
 from ledger_lite.genesis import Genesis
 from ledger_lite.keys import SigningKey
+from models.rules import point_in_polygon
 
 from . import topics
 from .health import HealthRegistry
@@ -231,16 +232,7 @@ class Area:
         """Inside (polygon: even-odd rule on lat/lon, a point on a shared edge belongs to one side)."""
         if not self.polygon:
             return distance_m(self.lat, self.lon, lat, lon) <= self.radius_m
-        inside = False
-        pts = self.polygon
-        j = len(pts) - 1
-        for i in range(len(pts)):
-            yi, xi = pts[i]
-            yj, xj = pts[j]
-            if (yi > lat) != (yj > lat) and lon < (xj - xi) * (lat - yi) / (yj - yi) + xi:
-                inside = not inside
-            j = i
-        return inside
+        return point_in_polygon(lat, lon, self.polygon)
 
     def distance_m(self, lat: float, lon: float) -> float:
         """Distance from the area's centre."""

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .pc5.radio import DEFAULT_DCC, DEFAULT_PDR
+
 __all__ = [
     "AgentConfig",
     "AttestConfig",
@@ -201,17 +203,7 @@ class Pc5Config:
     max_range_m: float = _doc("radio: nothing is delivered beyond this distance, metres", 800.0)
     pdr_curve: tuple[tuple[float, ...], ...] = _doc(
         "radio: [distance m, PDR 0..1] points from distance 0, PDR non-increasing (illustrative default)",
-        (
-            (0.0, 0.99),
-            (100.0, 0.98),
-            (200.0, 0.95),
-            (300.0, 0.88),
-            (400.0, 0.74),
-            (500.0, 0.52),
-            (600.0, 0.30),
-            (700.0, 0.12),
-            (800.0, 0.0),
-        ),
+        DEFAULT_PDR,
     )
     base_latency_s: float = _doc("radio: one-way latency floor, seconds", 0.010)
     jitter_s: float = _doc("radio: latency adds uniform 0..jitter_s, seconds", 0.020)
@@ -221,7 +213,7 @@ class Pc5Config:
     cbr_loss_at_full: float = _doc("radio: PDR is multiplied by (1 - this) at CBR 1", 0.5)
     dcc_gaps: tuple[tuple[float, ...], ...] = _doc(
         "DCC: [CBR lower bound, minimum gap s] steps from CBR 0",
-        ((0.0, 0.1), (0.30, 0.2), (0.40, 0.4), (0.50, 0.5), (0.60, 1.0)),
+        DEFAULT_DCC,
     )
     seed: int = _doc("seed of the radio model's randomness (0: random)", 0)
     stale_after: float = _doc("drop messages generated longer ago than this, seconds", 1.0)

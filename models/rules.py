@@ -147,6 +147,20 @@ class Event:
         return out
 
 
+def point_in_polygon(lat: float, lon: float, polygon: Sequence[tuple[float, float]]) -> bool:
+    """Even-odd ray casting, planar in (lon, lat) -- fine for zones and cells of a few km; a point
+    on a shared edge belongs to exactly one side. ``polygon`` is ``[(lat, lon), ...]``."""
+    inside = False
+    j = len(polygon) - 1
+    for i in range(len(polygon)):
+        yi, xi = polygon[i]
+        yj, xj = polygon[j]
+        if (yi > lat) != (yj > lat) and lon < (xj - xi) * (lat - yi) / (yj - yi) + xi:
+            inside = not inside
+        j = i
+    return inside
+
+
 class Detector(Protocol):
     """Anything that turns VehicleState snapshots into events (rules, a learned model)."""
 
@@ -336,16 +350,7 @@ class SpeedZone:
     def contains(self, lat: float, lon: float) -> bool:
         if self.radius_m > 0:
             return haversine_m(self.lat, self.lon, lat, lon) <= self.radius_m
-        inside = False  # ray casting, planar in (lon, lat): fine for zones of a few km
-        pts = self.polygon
-        j = len(pts) - 1
-        for i in range(len(pts)):
-            yi, xi = pts[i]
-            yj, xj = pts[j]
-            if (yi > lat) != (yj > lat) and lon < (xj - xi) * (lat - yi) / (yj - yi) + xi:
-                inside = not inside
-            j = i
-        return inside
+        return point_in_polygon(lat, lon, self.polygon)
 
 
 class SpeedingDetector:

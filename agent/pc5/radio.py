@@ -76,7 +76,7 @@ def bearing_deg(a: Position, b: Position) -> float:
     return math.degrees(math.atan2(y, x)) % 360.0
 
 
-_DEFAULT_PDR: tuple[tuple[float, float], ...] = (
+DEFAULT_PDR: tuple[tuple[float, float], ...] = (
     (0.0, 0.99),
     (100.0, 0.98),
     (200.0, 0.95),
@@ -87,7 +87,7 @@ _DEFAULT_PDR: tuple[tuple[float, float], ...] = (
     (700.0, 0.12),
     (800.0, 0.0),
 )
-_DEFAULT_DCC: tuple[tuple[float, float], ...] = ((0.0, 0.1), (0.30, 0.2), (0.40, 0.4), (0.50, 0.5), (0.60, 1.0))
+DEFAULT_DCC: tuple[tuple[float, float], ...] = ((0.0, 0.1), (0.30, 0.2), (0.40, 0.4), (0.50, 0.5), (0.60, 1.0))
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class RadioParams:
     max_range_m: float = 800.0
     #: (distance m, PDR 0..1) points, distances strictly increasing from 0, PDR non-increasing;
     #: linear in between, the last PDR held up to ``max_range_m``
-    pdr_curve: tuple[tuple[float, float], ...] = _DEFAULT_PDR
+    pdr_curve: tuple[tuple[float, float], ...] = DEFAULT_PDR
     #: one-way latency floor, seconds (sensing + resource selection + transmission)
     base_latency_s: float = 0.010
     #: latency adds a uniform 0..jitter_s, seconds
@@ -114,7 +114,7 @@ class RadioParams:
     cbr_loss_at_full: float = 0.5
     #: DCC step table: (CBR lower bound, minimum gap between a station's packets s), ascending,
     #: first bound 0
-    dcc_gaps: tuple[tuple[float, float], ...] = _DEFAULT_DCC
+    dcc_gaps: tuple[tuple[float, float], ...] = DEFAULT_DCC
     _distances: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
