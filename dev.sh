@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh clone: sets up .venv and runs what is asked.
-#   ./dev.sh demo [SECONDS]   OBU agent on a simulated vehicle (virtual CAN + NMEA pty), bounded
+#   ./dev.sh demo [SECONDS]   acc-sim: two cells (4 RSUs each) and 8 OBUs on this machine, report in var/sim
+#   ./dev.sh demo-obu [SECONDS]  one OBU agent on a simulated vehicle (virtual CAN + NMEA pty), bounded
 #   ./dev.sh test [PYTEST ARGS]  installs what the tests need (Debian + Python), runs pytest
 #   ./dev.sh test-slow        the long suites (marked slow)
 #   ./dev.sh bench [--full]   the benchmarks (--quick unless --full), in .venv-bench
@@ -44,7 +45,15 @@ apt_install() {  # install Debian packages whose command is missing: pairs of cm
 cmd=${1:-help}; shift || true
 case "$cmd" in
     demo)
-        setup_venv test
+        setup_venv sim
+        if ! apt_install mosquitto:mosquitto; then
+            echo "dev.sh: no Mosquitto for the cells: running the one-OBU demo instead" >&2
+            exec "$VENV/bin/acc-agent" --demo --duration "${1:-20}"
+        fi
+        exec "$VENV/bin/acc-sim" --rsus 4 --obus 8 --cells 2 --duration "${1:-90}" --report var/sim
+        ;;
+    demo-obu)
+        setup_venv sim
         exec "$VENV/bin/acc-agent" --demo --duration "${1:-20}"
         ;;
     test)
@@ -67,5 +76,5 @@ case "$cmd" in
         done
         ;;
     *)
-        sed -n '2,6p' "$0"; exit 2 ;;
+        sed -n '2,7p' "$0"; exit 2 ;;
 esac

@@ -16,7 +16,7 @@ import os
 import tty
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from hal.types import VehicleState
 
@@ -26,6 +26,9 @@ from .services import StateSink
 
 DATA = Path(__file__).resolve().parent.parent / "drivers" / "data"
 PTY_PLACEHOLDER = "(demo pty)"
+
+if TYPE_CHECKING:
+    from drivers.simvehicle import Route
 
 
 def demo_base_config(data_dir: str) -> dict[str, Any]:
@@ -126,7 +129,13 @@ class SimulatedObu:
     Used by the demo and by ``acc-sim``. ``close()`` releases the pty."""
 
     def __init__(
-        self, config: Config, *, seed: int = 1, state_sinks: Sequence[StateSink] = (), handle_signals: bool = True
+        self,
+        config: Config,
+        *,
+        seed: int = 1,
+        state_sinks: Sequence[StateSink] = (),
+        handle_signals: bool = True,
+        route: Route | None = None,
     ) -> None:
         import dataclasses
 
@@ -142,7 +151,7 @@ class SimulatedObu:
         if config.gnss.backend == "nmea" and config.gnss.device == PTY_PLACEHOLDER:
             config = dataclasses.replace(config, gnss=dataclasses.replace(config.gnss, device=self.pty_path))
         self.config = config
-        self.vehicle = SimVehicle(seed=seed, nmea_rate_hz=1.0)
+        self.vehicle = SimVehicle(route, seed=seed, nmea_rate_hz=1.0)
         self.sim_ports = {
             bus.name: PythonCanPort(bus.name, interface="virtual", channel=bus.channel, bitrate=bus.bitrate)
             for bus in config.can

@@ -506,7 +506,9 @@ class Agent:
 
         def light() -> Any:
             services = self.receipts.services if self.receipts is not None else {}
-            follower = services.get(self.current_cell()) or services.get(cell)
+            # the rounds are the home cell's (its FL topics): its ledger proves the models, also
+            # while the vehicle is admitted to another cell
+            follower = services.get(cell) or services.get(self.current_cell())
             return None if follower is None else follower.client
 
         self.fl = FlClient(

@@ -249,6 +249,24 @@ class Route:
         x, y, psi = self._integrate(self.segments[i], self._poses[i], u, step=0.05)
         return x, y, (90.0 - math.degrees(psi)) % 360.0
 
+    def starting_at(self, index: int) -> Route:
+        """The same loop entered at the start of segment ``index`` (a fleet spread along one
+        route). Only for loops: an open route has one start."""
+        if not self.loop:
+            raise ValueError("only a loop route can start at another segment")
+        i = index % len(self.segments)
+        if i == 0:
+            return self
+        x, y, psi = self._poses[i]
+        lat, lon, h = _TangentPlane(*self.origin).to_geodetic(x, y, 0.0)
+        return Route(
+            [*self.segments[i:], *self.segments[:i]],
+            origin=(lat, lon, h),
+            heading=(90.0 - math.degrees(psi)) % 360.0,
+            loop=True,
+            name=f"{self.name}@{self.segments[i].name or i}",
+        )
+
     def closure_error(self) -> float:
         """Distance in metres between the end and the start of the path."""
         x, y, _ = self._end_pose

@@ -1,16 +1,21 @@
-"""``acc-sim``: a whole cell on this machine. M simulated OBUs, each a real agent (python-can
-virtual buses, NMEA over its own pty, DBC decoding, fusion, health, diagnostics socket) driving
-the default route with its own seed, and with ``--rsus R`` R RSU agents (role rsu, the cell
-ledger) on a real Mosquitto, all as asyncio tasks in one process: python-can's virtual bus only
-connects buses of one process, and tasks keep one core's worth of OBUs cheap. With RSUs the
-OBUs attest every ~2 s into their outbox, send over MQTT and retire entries on verified receipts.
+"""``acc-sim``: whole cells on this machine. M simulated OBUs, each a real agent (python-can
+virtual buses, NMEA over its own pty, DBC decoding, fusion, behaviour rules and model, health,
+diagnostics socket) on its own simulated vehicle spread along the Munich town loop, and with
+``--rsus R`` one or two cells (``--cells 2``: west and east halves of the loop) of R RSU agents
+each (the cell ledger by BFT consensus; the first RSU announces the cell, admits vehicles and
+coordinates federated learning) on a real Mosquitto. OBUs join the cell they are in and hand
+over when they cross; they attest (summaries every 2 s, driving events) and retire outbox
+entries on verified receipts, exchange CAM/DENM on the emulated PC5 sidelink, and train in FL
+rounds. All agents are asyncio tasks of this one process: python-can's virtual bus connects
+only the buses of one process, and tasks keep an OBU cheap (see BENCHMARKS.md for how many fit).
 
     acc-sim --obus 4 --duration 30
-    acc-sim --rsus 4 --obus 8 --duration 60 --report out/
+    acc-sim --rsus 4 --obus 8 --cells 2 --duration 120 --report out/
 
-The report (``--report DIR``): acc-sim-report.json and acc-sim-summary.txt. No PNG plots
-(matplotlib is not a dependency). Exit 0 with RSUs when the cell committed blocks, every
-attestation made before the last 5 s is receipted, and no subsystem went to ``failed``.
+The report (``--report DIR``): acc-sim-report.json, acc-sim-summary.txt and PNG plots (map of
+routes and events, ledger throughput, FL accuracy per round on held-apart drives; needs the
+``sim`` extra, matplotlib). Exit 0 with RSUs when every cell committed blocks, every attestation
+made before the last 5 s is receipted, and no subsystem went to ``failed``.
 """
 
 from __future__ import annotations
@@ -31,13 +36,8 @@ from typing import Any
 from agent import exitcodes
 from agent.config import ConfigError, load_config
 from agent.demo import SimulatedObu, TruthTracker, demo_base_config
-from agent.health import Status
-from agent.keystore import ensure_device_key
 from agent.logsetup import setup_logging
-from agent.runtime import Agent
-
-CELL = "sim-cell"
-SETTLE = 5.0  # attestations younger than this at the end need not be receipted yet
+from tools.sim_world import FlEvaluator, SimSpec, Watch, World, report_dict
 
 
 class Tracker(TruthTracker):
@@ -117,183 +117,40 @@ async def run(obus: int, duration: float, data_root: Path, out: Any) -> list[dic
     return [t.row() for t in trackers]
 
 
-# --------------------------------------------------------------------------- the cell (--rsus)
+# --------------------------------------------------------------------------- the cells (--rsus)
 
 
-def write_genesis(path: Path, dids: list[str]) -> None:
-    """The cell's genesis: chain id = cell id, the RSUs as equal validators, a throwaway authority."""
-    from ledger_lite.didkey import did_key
-    from ledger_lite.keys import SigningKey
-
-    authority = did_key(SigningKey.from_private_bytes("Ed25519", b"\x42" * 32).public)
-    genesis = {
-        "chain_id": CELL,
-        "genesis_time_ms": int(time.time() * 1000) - 1000,
-        "validators": [{"did": d, "power": 1} for d in dids],
-        "authorities": {authority: ["road_authority"]},
-    }
-    path.write_text(json.dumps(genesis))
-
-
-def rsu_config(i: int, data_dir: Path, host: str, port: int, genesis: Path) -> dict[str, Any]:
-    return {
-        "agent": {
-            "role": "rsu",
-            "node_id": f"rsu-{i}",
-            "data_dir": str(data_dir),
-            "diag_socket": str(data_dir / "diag.sock"),
-            "log_level": "warning",
-            "watchdog": False,
-        },
-        "gnss": {"backend": "none"},  # a fixed road-side unit: no receiver simulated
-        "attest": {"enabled": False},
-        "mqtt": {
-            "enabled": True,
-            "host": host,
-            "port": port,
-            "cell": CELL,
-            "client_id": f"{CELL}-rsu-{i}",
-            "backoff_max": 1.0,
-            "max_payload": 2097152,
-        },
-        "ledger": {
-            "enabled": True,
-            "genesis_file": str(genesis),
-            "block_interval": 0.5,
-            "timeout_propose": 1.0,
-            "timeout_vote": 0.5,
-            "rebroadcast": 1.0,
-        },
-    }
-
-
-def obu_config(i: int, data_dir: Path, host: str, port: int, genesis: Path) -> dict[str, Any]:
-    base = demo_base_config(str(data_dir))
-    base["agent"]["node_id"] = f"obu-{i:03d}"
-    base["agent"]["log_level"] = "warning"
-    for bus in base["can"]:
-        bus["channel"] += f"-obu{i}"
-    base["attest"] = {"summary_interval": 2.0}
-    base["outbox"] = {"resend_after": 3.0, "resend_max": 6.0}
-    base["mqtt"] = {"enabled": True, "host": host, "port": port, "cell": CELL, "backoff_max": 1.0}
-    base["ledger"] = {"enabled": True, "genesis_file": str(genesis)}
-    return base
-
-
-class CellWatch:
-    """Samples the in-process agents once a second: RSU heights, per-OBU attestations made and
-    outbox counters, health transitions (events; into ``failed`` counts as a failure)."""
-
-    def __init__(self, rsus: list[Agent], obus: list[SimulatedObu]) -> None:
-        self.rsus = rsus
-        self.obus = obus
-        self.t0 = time.monotonic()
-        self.events: list[dict[str, Any]] = []
-        self.failures: list[dict[str, Any]] = []
-        self._health: dict[tuple[str, str], Status] = {}
-        self.made: dict[str, list[tuple[float, int]]] = {o.agent.node_id: [] for o in obus}
-        self.outbox: dict[str, dict[str, Any]] = {}
-        self.height = 0
-        self.first_receipt: set[str] = set()
-        self.final_heights: dict[str, int] = {}
-
-    def now(self) -> float:
-        return round(time.monotonic() - self.t0, 2)
-
-    def event(self, node: str, what: str) -> None:
-        self.events.append({"t": self.now(), "node": node, "event": what})
-
-    def heights(self) -> dict[str, int]:
-        return {a.node_id: a.ledger.height for a in self.rsus if a.ledger is not None}
-
-    async def sample(self) -> None:
-        t = self.now()
-        for a in [*self.rsus, *(o.agent for o in self.obus)]:
-            for name, h in a.health.snapshot().items():
-                old = self._health.get((a.node_id, name))
-                if old != h.status:
-                    self._health[(a.node_id, name)] = h.status
-                    if old is not None or h.status is not Status.OK:
-                        self.event(a.node_id, f"health {name}: {h.status}{f' ({h.reason})' if h.reason else ''}")
-                    if h.status is Status.FAILED:
-                        self.failures.append({"t": t, "node": a.node_id, "subsystem": name, "reason": h.reason})
-        top = max(self.heights().values(), default=0)
-        if self.height == 0 and top > 0:
-            self.event("cell", f"first block committed (height {top})")
-        self.height = max(self.height, top)
-        for o in self.obus:
-            a = o.agent
-            att = a.attestor.status() if a.attestor is not None else {}
-            made = int(att["next_seq"]) - 1 if att.get("next_seq") else 0
-            self.made[a.node_id].append((time.time(), made))
-            if a.outbox is not None:
-                with contextlib.suppress(Exception):  # closed while stopping
-                    st = await a.outbox.stats()
-                    self.outbox[a.node_id] = {
-                        "pending": st.pending,
-                        "sent_unconfirmed": st.sent,
-                        "retired": st.retired,
-                        "oldest_undelivered": st.oldest_created,
-                    }
-                    if st.retired and a.node_id not in self.first_receipt:
-                        self.first_receipt.add(a.node_id)
-                        self.event(a.node_id, "first attestation receipted")
-
-    def totals(self) -> tuple[int, int, int]:
-        made = sum(v[-1][1] for v in self.made.values() if v)
-        retired = sum(o["retired"] for o in self.outbox.values())
-        backlog = sum(o["pending"] + o["sent_unconfirmed"] for o in self.outbox.values())
-        return made, retired, backlog
-
-
-async def run_cell(
-    rsus: int, obus: int, duration: float, data_root: Path, host: str, port: int, out: Any
-) -> dict[str, Any]:
-    """R RSU agents and M OBUs in this process on the broker at host:port; the report."""
-    await asyncio.to_thread(data_root.mkdir, parents=True, exist_ok=True)
-    genesis = data_root / "genesis.json"
-    rsu_dirs = [data_root / f"rsu{i}" for i in range(rsus)]
-    dids = [(await asyncio.to_thread(ensure_device_key, d)).did for d in rsu_dirs]
-    await asyncio.to_thread(write_genesis, genesis, dids)
-    rsu_agents = [
-        Agent(load_config(base=rsu_config(i, d, host, port, genesis), env={}), handle_signals=False)
-        for i, d in enumerate(rsu_dirs)
-    ]
-    sims = [
-        SimulatedObu(
-            load_config(base=obu_config(i, data_root / f"obu{i:03d}", host, port, genesis), env={}),
-            seed=100 + i,
-            handle_signals=False,
-        )
-        for i in range(obus)
-    ]
-    watch = CellWatch(rsu_agents, sims)
+async def run_world(spec: SimSpec, duration: float, root: Path, host: str, port: int, out: Any) -> dict[str, Any]:
+    """The cells and OBUs of ``spec`` in this process on the broker at host:port; the report."""
+    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+    world = World(spec, root, host, port)  # before any task runs: keys, credentials, geneses, agents
+    watch = Watch(world)
+    evaluating = asyncio.create_task(asyncio.to_thread(FlEvaluator)) if spec.fl else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
     async def live() -> None:
-        last_h, last_t = 0, time.monotonic()
+        last_tx, last_t = 0, time.monotonic()
         while True:
             await asyncio.sleep(1.0)
+            if evaluating is not None and evaluating.done() and watch.evaluator is None:
+                watch.evaluator = evaluating.result()
+                watch.fl_baseline = await asyncio.to_thread(watch.evaluator.score, watch.evaluator.start_weights)
             await watch.sample()
             now = time.monotonic()
-            made, retired, backlog = watch.totals()
-            rate = (watch.height - last_h) / (now - last_t)
-            last_h, last_t = watch.height, now
-            out.write(
-                f"t={watch.now():5.1f}s  height {watch.height:4d}  blocks/s {rate:4.1f}  "
-                f"attestations {made:4d} made / {retired:4d} receipted  backlog {backlog:3d}  "
-                f"health failures {len(watch.failures)}\n"
-            )
+            tx = sum(watch.txs.values())
+            rate = {"tx": (tx - last_tx) / (now - last_t)}
+            last_tx, last_t = tx, now
+            out.write(watch.live_line(rate) + "\n")
             out.flush()
 
     async def run_all() -> None:
         async with asyncio.TaskGroup() as tg:
-            for a in rsu_agents:
+            for a in (a for rs in world.rsus.values() for a in rs):
                 tg.create_task(a.run(None))
-            for sim in sims:
+            for sim in world.obus:
                 tg.create_task(sim.run(None))
 
     main = asyncio.create_task(run_all())
@@ -309,81 +166,69 @@ async def run_cell(
     watch.final_heights = watch.heights()
     end = time.time()
     elapsed = watch.now()
-    for a in [*rsu_agents, *(s.agent for s in sims)]:
+    for a in world.agents():
         a.request_stop()
     await main
-    return build_report(watch, rsus, obus, duration, elapsed, end)
-
-
-def build_report(watch: CellWatch, rsus: int, obus: int, duration: float, elapsed: float, end: float) -> dict[str, Any]:
-    cutoff = end - SETTLE
-    rows = []
-    for node, hist in watch.made.items():
-        ob = watch.outbox.get(node, {})
-        made = hist[-1][1] if hist else 0
-        made_settled = max((m for t, m in hist if t <= cutoff), default=0)
-        oldest = ob.get("oldest_undelivered")
-        rows.append(
-            {
-                "node": node,
-                "made": made,
-                "made_before_last_5s": made_settled,
-                "receipted": ob.get("retired", 0),
-                "pending": ob.get("pending", 0),
-                "sent_unconfirmed": ob.get("sent_unconfirmed", 0),
-                "oldest_unreceipted_age_s": None if oldest is None else round(end - oldest, 1),
-                # every outbox entry created before the cutoff is retired by a verified receipt
-                "settled_all_receipted": oldest is None or oldest >= cutoff,
-            }
-        )
-    made, retired, backlog = watch.totals()
-    blocks = watch.height
-    ok = blocks > 0 and all(r["settled_all_receipted"] and r["made"] > 0 for r in rows) and not watch.failures
-    return {
-        "cell": CELL,
-        "rsus": rsus,
-        "obus": obus,
-        "duration_s": duration,
-        "elapsed_s": elapsed,
-        "blocks_committed": blocks,
-        "blocks_per_s": round(blocks / elapsed, 2) if elapsed else None,
-        "rsu_heights": watch.final_heights,
-        "attestations_made": made,
-        "attestations_receipted": retired,
-        "outbox_backlog": backlog,
-        "obus_detail": rows,
-        "events": watch.events,
-        "health_failures": watch.failures,
-        "plots": "skipped: matplotlib is not installed (not a dependency)",
-        "ok": ok,
-    }
+    if evaluating is not None and not evaluating.done():
+        evaluating.cancel()
+    return report_dict(watch, spec, elapsed, end)
 
 
 def summary_text(rep: dict[str, Any]) -> str:
+    fl = rep.get("fl_rounds") or []
     lines = [
-        f"acc-sim: cell {rep['cell']}, {rep['rsus']} RSUs, {rep['obus']} OBUs, {rep['elapsed_s']} s",
-        f"blocks committed {rep['blocks_committed']} ({rep['blocks_per_s']}/s), "
+        f"acc-sim: cells {', '.join(rep['cells'])}, {rep['rsus']} RSUs each, {rep['obus']} OBUs, {rep['elapsed_s']} s",
+        f"blocks committed {rep['blocks_committed']} ({rep['blocks_per_s']}/s) {rep['heights']}, "
+        f"transactions {rep['committed_txs']}",
         f"attestations made {rep['attestations_made']}, receipted {rep['attestations_receipted']}, "
-        f"backlog {rep['outbox_backlog']}, health failures {len(rep['health_failures'])}, "
-        f"events {len(rep['events'])}",
+        f"backlog {rep['outbox_backlog']}; driving events {rep['driving_events']}",
+        f"PC5: {rep['pc5']}, warnings {rep['pc5_warnings']}; handovers {rep['handovers']}; "
+        f"health failures {len(rep['health_failures'])}",
+    ]
+    if rep.get("fl_baseline") is not None or fl:
+        lines.append(f"FL: start model {rep.get('fl_baseline')} on {rep.get('fl_eval_set')}")
+        for r in fl:
+            lines.append(
+                f"  {r['cell']} round {r['round']}: {r['participants']} updates, {r['rejected']} rejected, "
+                f"accuracy {r['accuracy']}, macro-F1 {r['macro_f1']}, model {r['model'][:12]}"
+            )
+    lines += [
         "",
-        "node      made  made<-5s  receipted  pending  unconfirmed  oldest unreceipted s  settled ok",
+        "node     home      at end    made  made<-5s  receipted  pending  unconfirmed  oldest unrcpt s  fusion Hz  ok",
     ]
     for r in rep["obus_detail"]:
         lines.append(
-            f"{r['node']:<9} {r['made']:>4}  {r['made_before_last_5s']:>8}  {r['receipted']:>9}  {r['pending']:>7}"
-            f"  {r['sent_unconfirmed']:>11}  {r['oldest_unreceipted_age_s']!s:>20}  {r['settled_all_receipted']}"
+            f"{r['node']:<8} {r.get('home_cell')!s:<9} {r.get('cell_at_end')!s:<9} {r['made']:>4}  "
+            f"{r['made_before_last_5s']:>8}  {r['receipted']:>9}  {r['pending']:>7}  {r['sent_unconfirmed']:>11}  "
+            f"{r['oldest_unreceipted_age_s']!s:>15}  {r.get('fusion_hz')!s:>9}  {r['settled_all_receipted']}"
         )
     for f in rep["health_failures"]:
         lines.append(f"FAILED t={f['t']}s {f['node']} {f['subsystem']}: {f['reason']}")
+    for name, path in (rep.get("plots") or {}).items():
+        lines.append(f"plot {name}: {path}")
     lines.append(f"verdict: {'OK' if rep['ok'] else 'FAIL'}")
     return "\n".join(lines) + "\n"
 
 
-def simulate_cell(
-    rsus: int, obus: int, duration: float, root: Path, broker: str | None, report: Path | None, out: Any
+def write_report(rep: dict[str, Any], report: Path) -> None:
+    report.mkdir(parents=True, exist_ok=True)
+    try:
+        from tools.sim_plots import PlotsUnavailable, write_plots
+    except ImportError as err:  # pragma: no cover - the module ships with the tools
+        rep["plots"] = {"all": f"skipped: {err}"}
+    else:
+        try:
+            rep["plots"] = write_plots(rep, report)
+        except PlotsUnavailable as err:
+            rep["plots"] = {"all": f"skipped: {err} (pip install 'autochain-agent[sim]')"}
+    (report / "acc-sim-report.json").write_text(json.dumps(rep, indent=1) + "\n")
+    (report / "acc-sim-summary.txt").write_text(summary_text(rep))
+
+
+def simulate(
+    spec: SimSpec, duration: float, root: Path, broker: str | None, report: Path | None, out: Any
 ) -> dict[str, Any]:
-    """Start Mosquitto (unless ``broker`` HOST:PORT), run the cell, write the report."""
+    """Start Mosquitto (unless ``broker`` HOST:PORT), run the world, write the report."""
     proc: subprocess.Popen[bytes] | None = None
     if broker:
         host, _, p = broker.rpartition(":")
@@ -396,7 +241,7 @@ def simulate_cell(
         proc, port = start_broker(bdir)
         host = "127.0.0.1"
     try:
-        rep = asyncio.run(run_cell(rsus, obus, duration, root, host, port, out))
+        rep = asyncio.run(run_world(spec, duration, root, host, port, out))
     finally:
         if proc is not None:
             proc.terminate()
@@ -407,9 +252,7 @@ def simulate_cell(
                 proc.wait()
     rep["broker"] = f"{host}:{port}"
     if report is not None:
-        report.mkdir(parents=True, exist_ok=True)
-        (report / "acc-sim-report.json").write_text(json.dumps(rep, indent=2) + "\n")
-        (report / "acc-sim-summary.txt").write_text(summary_text(rep))
+        write_report(rep, report)
     return rep
 
 
@@ -421,7 +264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the final table as JSON lines")
     ap.add_argument("--rsus", type=int, default=0, help="RSU agents running the cell ledger (default 0: OBUs only)")
     ap.add_argument("--broker", metavar="HOST:PORT", help="use this MQTT broker (default: start Mosquitto)")
-    ap.add_argument("--report", type=Path, metavar="DIR", help="write acc-sim-report.json and a summary table here")
+    ap.add_argument(
+        "--report", type=Path, metavar="DIR", help="write acc-sim-report.json, a summary table and PNG plots here"
+    )
+    ap.add_argument("--cells", type=int, choices=(1, 2), default=1, help="1 cell, or 2 (west/east) to drive across")
+    ap.add_argument("--no-fl", action="store_true", help="no federated learning rounds")
+    ap.add_argument("--no-pc5", action="store_true", help="no PC5 sidelink")
+    ap.add_argument("--fl-round", type=float, default=15.0, metavar="S", help="FL round length, seconds (default 15)")
     args = ap.parse_args(argv)
     if args.obus < 1:
         ap.error("--obus must be at least 1")
@@ -434,15 +283,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="acc-sim-") as tmp:
             root = args.data_dir or Path(tmp)
             try:
-                rep = simulate_cell(args.rsus, args.obus, args.duration, root, args.broker, args.report, sys.stdout)
+                spec = SimSpec(
+                    rsus=args.rsus,
+                    obus=args.obus,
+                    cells=args.cells,
+                    fl=not args.no_fl,
+                    pc5=not args.no_pc5,
+                    fl_round_seconds=args.fl_round,
+                )
+                rep = simulate(spec, args.duration, root, args.broker, args.report, sys.stdout)
             except ConfigError as err:
                 sys.stderr.write(f"acc-sim: {err}\n")
                 return exitcodes.CONFIG
         sys.stdout.write("\n" + (json.dumps(rep) + "\n" if args.json else summary_text(rep)))
         if args.report is not None:
-            sys.stdout.write(
-                f"report: {args.report / 'acc-sim-report.json'} (no PNG plots: matplotlib not installed)\n"
-            )
+            sys.stdout.write(f"report: {args.report / 'acc-sim-report.json'}\n")
         return exitcodes.OK if rep["ok"] else exitcodes.FAILURE
     with tempfile.TemporaryDirectory(prefix="acc-sim-") as tmp:
         root = args.data_dir or Path(tmp)

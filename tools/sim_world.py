@@ -1,0 +1,584 @@
+"""The world of ``acc-sim --rsus R``: one or two cells of R RSU agents each (the cell ledger by
+BFT consensus, the first RSU announcing the cell and coordinating its federated learning) and
+M OBU agents on simulated vehicles spread along the Munich town loop, all real agents running
+as asyncio tasks of one process on one MQTT broker.
+
+Everything a deployment provisions is made here, for this run only: a road authority (genesis
+authority, validator credentials), an OEM (vehicle credentials), a pseudonym CA (PC5 pseudonym
+certificates), one genesis per cell (with the shipped behaviour model as the FL start model).
+OBUs join the cell whose announced area holds their position and hand over when they drive into
+the other one; they attest (summaries every 2 s and driving events), retire outbox entries on
+verified receipts, send and hear CAM/DENM on the emulated sidelink, and train in their home
+cell's FL rounds. ``Watch`` samples everything once a second for the live line and the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.config import load_config
+from agent.demo import SimulatedObu, demo_base_config
+from agent.health import Status
+from agent.keystore import ensure_device_key
+from agent.runtime import Agent
+from drivers.simvehicle import Route, _TangentPlane
+from ledger_lite.credentials import ValidatorCredential, VehicleCredential, issue_credential
+from ledger_lite.didkey import did_key
+from ledger_lite.keys import KeyAgreementPrivateKey, SigningKey
+from ledger_lite.pseudonym import PseudonymAuthority
+from models.rules import point_in_polygon
+
+ONE_CELL = ("sim-cell",)
+TWO_CELLS = ("sim-west", "sim-east")
+SETTLE = 5.0  # attestations younger than this at the end need not be receipted yet
+MARGIN_M = 150.0  # cell areas reach this far beyond the loop
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    rsus: int = 4  # per cell
+    obus: int = 8
+    cells: int = 1
+    fl: bool = True
+    pc5: bool = True
+    behaviour: bool = True
+    fl_round_seconds: float = 15.0
+    fl_pause_seconds: float = 2.0
+
+
+# --------------------------------------------------------------------------- geography
+
+
+def cell_areas(route: Route, cells: int) -> dict[str, list[list[float]]]:
+    """The cells' areas as [lat, lon] polygons: the loop's bounding box plus a margin, whole for
+    one cell, split at its middle meridian (west / east) for two."""
+    pts = [route.pose_at(s) for s in np.arange(0.0, route.length, 10.0)]
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    plane = _TangentPlane(*route.origin)
+    x0, x1, y0, y1 = min(xs) - MARGIN_M, max(xs) + MARGIN_M, min(ys) - MARGIN_M, max(ys) + MARGIN_M
+
+    def box(a: float, b: float) -> list[list[float]]:
+        corners = ((a, y0), (b, y0), (b, y1), (a, y1))
+        return [[round(v, 7) for v in plane.to_geodetic(x, y)[:2]] for x, y in corners]
+
+    if cells == 1:
+        return {ONE_CELL[0]: box(x0, x1)}
+    mid = (min(xs) + max(xs)) / 2
+    return {TWO_CELLS[0]: box(x0, mid), TWO_CELLS[1]: box(mid, x1)}
+
+
+def cell_at(areas: dict[str, list[list[float]]], lat: float, lon: float) -> str:
+    for cell, poly in areas.items():
+        if point_in_polygon(lat, lon, [(p[0], p[1]) for p in poly]):
+            return cell
+    return next(iter(areas))
+
+
+# --------------------------------------------------------------------------- provisioning
+
+
+class Authorities:
+    """The run's road authority, OEM and pseudonym CA (fresh keys each run)."""
+
+    def __init__(self) -> None:
+        self.road = SigningKey.generate("Ed25519")
+        self.oem = SigningKey.generate("Ed25519")
+        self.pca = PseudonymAuthority(SigningKey.generate("Ed25519"), KeyAgreementPrivateKey.generate(), validity=3600)
+        self.road_did = did_key(self.road.public)
+        self.roots: dict[str, str] = {
+            self.road_did: "road_authority",
+            did_key(self.oem.public): "oem",
+            self.pca.did: "pseudonym_ca",
+        }
+
+    def validator_credential(self, did: str, cell: str, path: Path) -> None:
+        now = time.time()
+        path.write_bytes(issue_credential(ValidatorCredential(did, cell), self.road, now=now - 60, expires=now + 86400))
+
+    def vehicle_credential(self, did: str, vin: str, path: Path) -> None:
+        now = time.time()
+        path.write_bytes(issue_credential(VehicleCredential(did, vin), self.oem, now=now - 60, expires=now + 86400))
+
+    def pseudonyms(self, vehicle_did: str, directory: Path, per_slot: int = 2) -> None:
+        """Pseudonym pairs for this validity slot and the next (a run straddling a slot boundary)."""
+        from agent.pc5.service import store_pseudonyms
+
+        now = time.time()
+        for slot in (self.pca.slot(now), self.pca.slot(now) + 1):
+            keys = [SigningKey.generate("P-256") for _ in range(per_slot)]
+            certs = self.pca.certify(vehicle_did, [k.public for k in keys], now=now, slot=slot)
+            store_pseudonyms(directory, keys, certs)
+
+
+def start_model() -> str:
+    from agent.fl import initial_model, model_id
+
+    _model, tflite, weights = initial_model()
+    return model_id(tflite, weights).hex()
+
+
+def write_genesis(path: Path, cell: str, dids: list[str], authority: str, models: tuple[str, ...]) -> None:
+    genesis = {
+        "chain_id": cell,
+        "genesis_time_ms": int(time.time() * 1000) - 1000,
+        "validators": [{"did": d, "power": 1} for d in dids],
+        "authorities": {authority: ["road_authority"]},
+        **({"models": list(models)} if models else {}),
+    }
+    path.write_text(json.dumps(genesis))
+
+
+def rsu_config(
+    spec: SimSpec, cell: str, i: int, data_dir: Path, host: str, port: int, genesis: Path, auth: Authorities
+) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "agent": {
+            "role": "rsu",
+            "node_id": f"{cell}-rsu{i}",
+            "data_dir": str(data_dir),
+            "diag_socket": str(data_dir / "diag.sock"),
+            "log_level": "warning",
+            "watchdog": False,
+        },
+        "gnss": {"backend": "none"},  # a fixed road-side unit: no receiver simulated
+        "attest": {"enabled": False},
+        "trust": {"roots": auth.roots},
+        "mqtt": {
+            "enabled": True,
+            "host": host,
+            "port": port,
+            "cell": cell,
+            "client_id": f"{cell}-rsu-{i}",
+            "backoff_max": 1.0,
+            "max_payload": 2097152,
+        },
+        "ledger": {
+            "enabled": True,
+            "genesis_file": str(genesis),
+            "block_interval": 0.5,
+            "timeout_propose": 1.0,
+            "timeout_vote": 0.5,
+            "rebroadcast": 1.0,
+        },
+    }
+    if i == 0:  # the cell's announcer (and admission) and its FL coordinator
+        cred = data_dir / "validator.cose"
+        cfg["cell"] = {
+            "announce": True,
+            "validator_credential": str(cred),
+            "area_polygon": cell_areas(Route.default(), spec.cells)[cell],
+            "announce_interval": 1.0,
+        }
+        if spec.fl:
+            per_cell = max(1, spec.obus // spec.cells)
+            cfg["fl"] = {
+                "enabled": True,
+                "coordinator": True,
+                "round_seconds": spec.fl_round_seconds,
+                "pause_seconds": spec.fl_pause_seconds,
+                "min_clients": max(1, min(3, per_cell)),
+                "max_clients": max(1, spec.obus),
+            }
+    return cfg
+
+
+def obu_config(
+    spec: SimSpec, i: int, data_dir: Path, host: str, port: int, home: str, geneses: Path, auth: Authorities
+) -> dict[str, Any]:
+    base = demo_base_config(str(data_dir))
+    base["agent"]["node_id"] = f"obu-{i:03d}"
+    base["agent"]["log_level"] = "warning"
+    for bus in base["can"]:
+        bus["channel"] += f"-obu{i}"
+    base["attest"] = {"summary_interval": 2.0}
+    base["outbox"] = {"resend_after": 3.0, "resend_max": 6.0}
+    base["trust"] = {"roots": auth.roots}
+    base["mqtt"] = {"enabled": True, "host": host, "port": port, "cell": home, "backoff_max": 1.0}
+    base["ledger"] = {"enabled": True, "genesis_file": str(geneses / f"{home}.json")}
+    base["cell"] = {
+        "join": True,
+        "vehicle_credential": str(data_dir / "vehicle.cose"),
+        "genesis_dir": str(geneses),
+        "require_known_genesis": True,
+        "check_interval": 0.5,
+        "retry_after": 1.0,
+    }
+    if spec.behaviour:
+        base["behaviour"] = {"enabled": True, "speed_limit_kmh": 50.0}
+    if spec.pc5:
+        base["pc5"] = {"enabled": True, "pseudonym_dir": str(data_dir / "pseudonyms"), "seed": 1000 + i}
+    if spec.fl:
+        base["fl"] = {"enabled": True, "min_samples": 8, "epochs": 2}
+    return base
+
+
+# --------------------------------------------------------------------------- the FL yardstick
+
+
+class FlEvaluator:
+    """Accuracy and macro-F1 of a cell's models on windows no model was trained on: the
+    reference drives held apart by ``models.dataset.split_drives`` (as ``tools/build_models.py``
+    holds them apart) and three fresh simulated drives (seeds outside ``SIM_SEEDS``)."""
+
+    def __init__(self) -> None:
+        from agent.fl import initial_model
+        from models.dataset import default_nds_path, drive_windows, load_nds, simulate_drive, split_drives
+
+        self.model, _tflite, self.start_weights = initial_model()
+        nds_path = default_nds_path()
+        nds = load_nds(nds_path) if nds_path.is_file() else []
+        _train, test = split_drives([d.drive_id for d in nds])
+        drives = [d for d in nds if d.drive_id in set(test)] + [simulate_drive(s) for s in (900, 901, 902)]
+        parts = [drive_windows(d) for d in drives]
+        self.x = np.concatenate([p[0] for p in parts])
+        self.y = np.concatenate([p[1] for p in parts])
+        self.source = (
+            f"{sum(1 for d in drives if not d.drive_id.startswith('sim'))} held-apart reference drives + 3 simulated"
+        )
+
+    def score(self, weights: np.ndarray) -> dict[str, float]:
+        self.model.set_weights(weights)
+        pred = np.asarray(self.model.infer(self.x)).argmax(axis=1)
+        f1s = []
+        for c in np.unique(self.y):
+            tp = float(np.sum((pred == c) & (self.y == c)))
+            prec = tp / max(1.0, float(np.sum(pred == c)))
+            rec = tp / max(1.0, float(np.sum(self.y == c)))
+            f1s.append(0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec))
+        return {"accuracy": round(float(np.mean(pred == self.y)), 4), "macro_f1": round(float(np.mean(f1s)), 4)}
+
+
+# --------------------------------------------------------------------------- the world
+
+
+class World:
+    """Provisioned agents of one run (not started)."""
+
+    def __init__(self, spec: SimSpec, root: Path, host: str, port: int) -> None:
+        self.spec = spec
+        self.root = root
+        route = Route.default()
+        self.areas = cell_areas(route, spec.cells)
+        self.cells = list(self.areas)
+        self.auth = Authorities()
+        models = (start_model(),) if spec.fl else ()
+        geneses = root / "geneses"
+        geneses.mkdir(parents=True, exist_ok=True)
+        self.rsus: dict[str, list[Agent]] = {}
+        for cell in self.cells:
+            dirs = [root / cell / f"rsu{i}" for i in range(spec.rsus)]
+            dids = [ensure_device_key(d).did for d in dirs]
+            write_genesis(geneses / f"{cell}.json", cell, dids, self.auth.road_did, models)
+            self.auth.validator_credential(dids[0], cell, dirs[0] / "validator.cose")
+            self.rsus[cell] = [
+                Agent(
+                    load_config(
+                        base=rsu_config(spec, cell, i, d, host, port, geneses / f"{cell}.json", self.auth), env={}
+                    ),
+                    handle_signals=False,
+                )
+                for i, d in enumerate(dirs)
+            ]
+        self.obus: list[SimulatedObu] = []
+        self.home: dict[str, str] = {}
+        n_seg = len(route.segments)
+        for i in range(spec.obus):
+            # pairs spread along the loop (7 and 19 segments: coprime); the second of a pair starts
+            # one segment behind the first and follows it (so a leader's hard brake is a DENM its
+            # follower should warn about)
+            start = route.starting_at(((i // 2) * 7 - i % 2) % n_seg)
+            home = cell_at(self.areas, start.origin[0], start.origin[1])
+            d = root / f"obu{i:03d}"
+            ident = ensure_device_key(d)
+            self.auth.vehicle_credential(ident.did, f"WACCSXM{i:010d}", d / "vehicle.cose")
+            if spec.pc5:
+                self.auth.pseudonyms(ident.did, d / "pseudonyms")
+            cfg = load_config(base=obu_config(spec, i, d, host, port, home, geneses, self.auth), env={})
+            sim = SimulatedObu(cfg, seed=100 + i, handle_signals=False, route=start)
+            self.obus.append(sim)
+            self.home[sim.agent.node_id] = home
+
+    def agents(self) -> list[Agent]:
+        return [*(a for rs in self.rsus.values() for a in rs), *(o.agent for o in self.obus)]
+
+
+class Watch:
+    """Samples the in-process agents once a second: per cell heights and committed txs, per OBU
+    attestations made, outbox counters, position, driving events, PC5 warnings and cell changes;
+    FL rounds (scored by an ``FlEvaluator``); health transitions (into ``failed`` is a failure)."""
+
+    def __init__(self, world: World | None, evaluator: FlEvaluator | None = None) -> None:
+        self.world = world
+        self.evaluator = evaluator
+        self.t0 = time.monotonic()
+        cpu = os.times()
+        self.cpu0 = cpu.user + cpu.system
+        self.events: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []
+        self._health: dict[tuple[str, str], Status] = {}
+        obus = world.obus if world is not None else []
+        self.made: dict[str, list[tuple[float, int]]] = {o.agent.node_id: [] for o in obus}
+        self.outbox: dict[str, dict[str, Any]] = {}
+        self.height: dict[str, int] = {c: 0 for c in (world.cells if world is not None else [])}
+        self.txs: dict[str, int] = dict.fromkeys(self.height, 0)
+        self.first_receipt: set[str] = set()
+        self.final_heights: dict[str, int] = {}
+        self.tracks: dict[str, list[list[float | None]]] = {o.agent.node_id: [] for o in obus}
+        self.event_points: list[dict[str, Any]] = []
+        self.ledger_series: list[dict[str, Any]] = []
+        self.fl_rounds: list[dict[str, Any]] = []
+        self.fl_baseline: dict[str, float] | None = None
+        self.kinds: Counter[str] = Counter()
+        self._seen_events: dict[str, Counter[str]] = {}
+        self._seen_warnings: dict[str, int] = {}
+        self._cell_of: dict[str, str] = {}
+        self._fl_seen: dict[str, int] = {}
+        self.snapshots: dict[str, list[tuple[float, int]]] = {}
+        self._pc5_now: dict[tuple[str, str], int] = {}
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 2)
+
+    def event(self, node: str, what: str) -> None:
+        self.events.append({"t": self.now(), "node": node, "event": what})
+
+    def point(self, node: str, kind: str, pos: tuple[float | None, float | None], **extra: Any) -> None:
+        self.kinds[kind] += 1
+        self.event_points.append({"t": self.now(), "node": node, "kind": kind, "lat": pos[0], "lon": pos[1], **extra})
+
+    def heights(self) -> dict[str, int]:
+        if self.world is None:
+            return {}
+        return {a.node_id: a.ledger.height for rs in self.world.rsus.values() for a in rs if a.ledger is not None}
+
+    async def sample(self) -> None:
+        if self.world is None:
+            return
+        t = self.now()
+        world = self.world
+        for a in world.agents():
+            for name, h in a.health.snapshot().items():
+                old = self._health.get((a.node_id, name))
+                if old != h.status:
+                    self._health[(a.node_id, name)] = h.status
+                    if old is not None or h.status is not Status.OK:
+                        self.event(a.node_id, f"health {name}: {h.status}{f' ({h.reason})' if h.reason else ''}")
+                    if h.status is Status.FAILED:
+                        self.failures.append({"t": t, "node": a.node_id, "subsystem": name, "reason": h.reason})
+        for cell, rs in world.rsus.items():
+            nodes = [a.ledger for a in rs if a.ledger is not None]
+            top = max((n.height for n in nodes), default=0)
+            if self.height[cell] == 0 and top > 0:
+                self.event(cell, f"first block committed (height {top})")
+            self.height[cell] = max(self.height[cell], top)
+            self.txs[cell] = max(self.txs[cell], max((n.counters.committed_txs for n in nodes), default=0))
+            self.ledger_series.append({"t": t, "cell": cell, "height": self.height[cell], "txs": self.txs[cell]})
+            await self._sample_fl(cell, rs)
+        for o in world.obus:
+            await self._sample_obu(o, t)
+
+    @property
+    def pc5(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for (_node, k), n in self._pc5_now.items():
+            total[k] += n
+        return total
+
+    async def _sample_fl(self, cell: str, rs: list[Agent]) -> None:
+        from agent.fl import FlCoordinator
+
+        coord = next((a.fl for a in rs if isinstance(a.fl, FlCoordinator)), None)
+        if coord is None:
+            return
+        seen = self._fl_seen.get(cell, 0)
+        new = coord.counters["rounds"] - seen
+        if new <= 0:
+            return
+        self._fl_seen[cell] = coord.counters["rounds"]
+        last = coord.history[-1]
+        score: dict[str, float] = {}
+        if self.evaluator is not None:
+            score = await asyncio.to_thread(self.evaluator.score, np.array(coord.weights, copy=True))
+        self.fl_rounds.append(
+            {
+                "cell": cell,
+                "round": int(last["round"]),
+                "t": self.now(),
+                "model": str(last["model"]),
+                "participants": int(last["participants"]),
+                "rejected": len(last.get("rejected") or {}),
+                "accuracy": score.get("accuracy"),
+                "macro_f1": score.get("macro_f1"),
+            }
+        )
+        self.event(cell, f"FL round {last['round']} committed ({last['participants']} updates) {score or ''}")
+
+    async def _sample_obu(self, o: SimulatedObu, t: float) -> None:
+        a = o.agent
+        node = a.node_id
+        st = a.state_service.last if a.state_service is not None else None
+        pos = (st.lat, st.lon) if st is not None else (None, None)
+        if st is not None:
+            self.snapshots.setdefault(node, []).append((t, st.sequence))
+        if pos[0] is not None:
+            self.tracks[node].append([t, round(pos[0], 7), round(pos[1] or 0.0, 7)])
+        att = a.attestor.status() if a.attestor is not None else {}
+        made = int(att["next_seq"]) - 1 if att.get("next_seq") else 0
+        self.made[node].append((time.time(), made))
+        if a.behaviour is not None:
+            seen = self._seen_events.setdefault(node, Counter())
+            for kind, n in a.behaviour.events.items():
+                for _ in range(n - seen[kind]):
+                    self.point(node, kind, pos)
+                seen[kind] = n
+        svc = a.pc5.service if a.pc5 is not None else None
+        if svc is not None:
+            raised = svc.counts["warnings_raised"]
+            for _ in range(raised - self._seen_warnings.get(node, 0)):
+                self.point(node, "pc5_warning", pos)
+            self._seen_warnings[node] = raised
+            for k in ("cam_sent", "denm_sent", "delivered", "dropped_radio", "warnings_raised"):
+                self._pc5_now[(node, k)] = svc.counts[k]
+        cell = a.current_cell()
+        old = self._cell_of.get(node)
+        if cell and old != cell:
+            self._cell_of[node] = cell
+            if old is not None:
+                self.point(node, "handover", pos, to=cell)
+                self.event(node, f"handover {old} -> {cell}")
+            else:
+                self.event(node, f"admitted to {cell}")
+        if a.outbox is not None:
+            with contextlib.suppress(Exception):  # closed while stopping
+                ob = await a.outbox.stats()
+                self.outbox[node] = {
+                    "pending": ob.pending,
+                    "sent_unconfirmed": ob.sent,
+                    "retired": ob.retired,
+                    "oldest_undelivered": ob.oldest_created,
+                }
+                if ob.retired and node not in self.first_receipt:
+                    self.first_receipt.add(node)
+                    self.event(node, "first attestation receipted")
+
+    def totals(self) -> tuple[int, int, int]:
+        made = sum(v[-1][1] for v in self.made.values() if v)
+        retired = sum(o["retired"] for o in self.outbox.values())
+        backlog = sum(o["pending"] + o["sent_unconfirmed"] for o in self.outbox.values())
+        return made, retired, backlog
+
+    def handovers(self) -> int:
+        return self.kinds["handover"]
+
+    def live_line(self, rate: dict[str, float]) -> str:
+        made, retired, backlog = self.totals()
+        heights = " ".join(f"{c}:{h}" for c, h in self.height.items())
+        fl = "-"
+        if self.fl_rounds:
+            r = self.fl_rounds[-1]
+            fl = f"r{r['round']} acc {r['accuracy']}" if r["accuracy"] is not None else f"r{r['round']}"
+        drive_events = sum(n for k, n in self.kinds.items() if k not in ("pc5_warning", "handover"))
+        return (
+            f"t={self.now():5.1f}s  height {heights}  tx/s {rate.get('tx', 0.0):5.1f}  "
+            f"attestations {made} made / {retired} receipted (backlog {backlog})  events {drive_events}  "
+            f"FL {fl}  PC5 warnings {self.kinds['pc5_warning']}  handovers {self.handovers()}  "
+            f"health failures {len(self.failures)}"
+        )
+
+
+def fusion_hz(watch: Watch, node: str) -> float | None:
+    """VehicleStates per second the OBU fused from its first sample to its last (10 Hz goal)."""
+    seen = watch.snapshots.get(node) or []
+    if len(seen) < 2 or seen[-1][0] <= seen[0][0]:
+        return None
+    return round((seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0]), 2)
+
+
+def report_dict(watch: Watch, spec: SimSpec, elapsed: float, end: float) -> dict[str, Any]:
+    cutoff = end - SETTLE
+    rows = []
+    homes = watch.world.home if watch.world is not None else {}
+    for node, hist in watch.made.items():
+        ob = watch.outbox.get(node, {})
+        made = hist[-1][1] if hist else 0
+        made_settled = max((m for t, m in hist if t <= cutoff), default=0)
+        oldest = ob.get("oldest_undelivered")
+        rows.append(
+            {
+                "node": node,
+                "home_cell": homes.get(node),
+                "cell_at_end": watch._cell_of.get(node),
+                "made": made,
+                "made_before_last_5s": made_settled,
+                "receipted": ob.get("retired", 0),
+                "pending": ob.get("pending", 0),
+                "sent_unconfirmed": ob.get("sent_unconfirmed", 0),
+                "oldest_unreceipted_age_s": None if oldest is None else round(end - oldest, 1),
+                # every outbox entry created before the cutoff is retired by a verified receipt
+                "settled_all_receipted": oldest is None or oldest >= cutoff,
+                "fusion_hz": fusion_hz(watch, node),
+            }
+        )
+    made, retired, backlog = watch.totals()
+    blocks = sum(watch.height.values())
+    ok = (
+        bool(watch.height)
+        and all(h > 0 for h in watch.height.values())
+        and all(r["settled_all_receipted"] and r["made"] > 0 for r in rows)
+        and not watch.failures
+    )
+    return {
+        "cell": list(watch.height),
+        "cells": list(watch.height),
+        "rsus": spec.rsus,
+        "obus": spec.obus,
+        "elapsed_s": elapsed,
+        "blocks_committed": blocks,
+        "blocks_per_s": round(blocks / elapsed, 2) if elapsed else None,
+        "heights": dict(watch.height),
+        "committed_txs": dict(watch.txs),
+        "rsu_heights": watch.final_heights,
+        "attestations_made": made,
+        "attestations_receipted": retired,
+        "outbox_backlog": backlog,
+        "driving_events": {k: n for k, n in watch.kinds.items() if k not in ("pc5_warning", "handover")},
+        "pc5": dict(watch.pc5),
+        "pc5_warnings": watch.kinds["pc5_warning"],
+        "handovers": watch.handovers(),
+        "fl_rounds": watch.fl_rounds,
+        "fl_baseline_accuracy": None if watch.fl_baseline is None else watch.fl_baseline["accuracy"],
+        "fl_baseline": watch.fl_baseline,
+        "fl_eval_set": None if watch.evaluator is None else watch.evaluator.source,
+        "obus_detail": rows,
+        "events": watch.events,
+        "health_failures": watch.failures,
+        "tracks": watch.tracks,
+        "event_points": watch.event_points,
+        "cell_areas": watch.world.areas if watch.world is not None else {},
+        "ledger_series": watch.ledger_series,
+        "process": process_usage(watch),
+        "ok": ok,
+    }
+
+
+def process_usage(watch: Watch) -> dict[str, float]:
+    """This process's resident memory and CPU share over the run (every agent is in it)."""
+    import psutil
+
+    proc = psutil.Process()
+    cpu = proc.cpu_times()
+    elapsed = time.monotonic() - watch.t0
+    return {
+        "rss_mib": round(proc.memory_info().rss / 2**20, 1),
+        "cpu_share_of_one_core": round((cpu.user + cpu.system - watch.cpu0) / elapsed, 3) if elapsed else 0.0,
+    }
