@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from agent import exitcodes
 from agent.logsetup import setup_logging
+from drivers.clock import SystemClock
 from hal.errors import HalError
 
 
@@ -103,7 +104,6 @@ async def _stoppable(coro: asyncio.Future[object] | asyncio.Task[object]) -> Non
 
 async def run_vehicle(args: argparse.Namespace, out: IO[str]) -> int:
     from drivers.can_bus import PythonCanPort
-    from drivers.clock import SystemClock
     from drivers.simvehicle import SimVehicle, run_sim
 
     clock = SystemClock()
@@ -244,8 +244,35 @@ def agent_config(
     # the outbox refuses entries without a destination cell (ValueError, which the behaviour
     # service does not catch): give the bench's agent one, as a deployed OBU has
     cfg["mqtt"] = {"cell": "bench-cell"}
+    rp = getattr(sc, "replay", None)
+    if rp is not None and rp.dbc is not None:  # the replayed bus decoded with the log's own DBC
+        bus = next(b for b in cfg["can"] if b["name"] == rp.bus)
+        bus["dbc"] = str(Path(rp.dbc).resolve())
+        bus["vss_map"] = "" if rp.vss_map is None else str(Path(rp.vss_map).resolve())
     _merge(cfg, sc.agent)
     return cfg
+
+
+class SteppedClock(SystemClock):
+    """The agent's clock for an in-process run with ``clock = "system"`` jumps: the system
+    clock, with ``time()`` stepped by the scenario's jumps once the drive (``start``) has
+    reached them. ``monotonic`` and sleeping are untouched, as on a host whose wall clock is
+    set (NTP step, RTC fix): only what reads the wall clock sees the jump."""
+
+    def __init__(self, faults: Any) -> None:
+        self.faults = faults
+        self.t0: float | None = None
+
+    def start(self, t0_monotonic: float) -> None:
+        self.t0 = t0_monotonic
+
+    def offset(self) -> float:
+        if self.t0 is None:
+            return 0.0
+        return float(self.faults.clock_offset("system", self.monotonic() - self.t0))
+
+    def time(self) -> float:
+        return super().time() + self.offset()
 
 
 class InProcessAgent:
@@ -348,8 +375,14 @@ async def run_scenario(
     from agent.keystore import ensure_device_key
     from agent.runtime import Agent
     from drivers.can_bus import non_loopback_interfaces_up
-    from tools.bench_scenario import Observed, build_vehicle, evaluate
+    from tools.bench_scenario import Observed, ScenarioError, build_vehicle, evaluate
 
+    system_jumps = any(j.clock == "system" for j in sc.faults.clock_jumps)
+    if system_jumps and mode == "process":
+        raise ScenarioError(
+            "faults.clock_jump: not supported yet: clock = 'system' with --agent process "
+            "(the bench can only step the clock of an agent in its own process)"
+        )
     if mode == "process" and (up := await asyncio.to_thread(non_loopback_interfaces_up)):
         raise BenchRefused(_MULTICAST_REFUSED.format(", ".join(up)))
     started = time.monotonic()
@@ -372,21 +405,26 @@ async def run_scenario(
         )
         config = load_config(cfg_path, env={}, overrides=overrides)  # refuses a bad override here
         aut: InProcessAgent | AgentProcess
+        stepped = SteppedClock(sc.faults) if system_jumps else None
         if mode == "process":
             aut = AgentProcess(cfg_path, overrides, workdir / "agent.log", diag)
         else:
-            aut = InProcessAgent(Agent(config, handle_signals=False))
+            aut = InProcessAgent(Agent(config, clock=stepped, handle_signals=False))
         if out is not None:
             out.write(f"running scenario {sc.name!r}: {sc.duration:g} s drive + {sc.settle:g} s settle\n")
             out.flush()
         opened: list[Any] = []
         try:
             await aut.start()
-            report = await _drive(sc, aut, config, vehicle, master, diag, observed, opened)
+            report = await _drive(sc, aut, config, vehicle, master, diag, observed, opened, stepped)
         finally:
             await aut.stop()
             for p in opened:
                 await p.close()
+        if sc.faults.clock_jumps:
+            observed.notes["clock jumps"] = ", ".join(
+                f"{j.clock} {j.by:+g} s at t={j.at:g}s" for j in sc.faults.clock_jumps
+            )
         if sc.faults.any:
             observed.notes["faults"] = report
         observed.events = _driving_events(data_dir, observed.t0_utc)
@@ -399,16 +437,33 @@ async def run_scenario(
 
 
 async def _drive(
-    sc: Any, aut: Any, config: Any, vehicle: Any, master: int, diag: Path, observed: Any, opened: list[Any]
+    sc: Any,
+    aut: Any,
+    config: Any,
+    vehicle: Any,
+    master: int,
+    diag: Path,
+    observed: Any,
+    opened: list[Any],
+    stepped: SteppedClock | None = None,
 ) -> dict[str, Any]:
-    """Drive the scenario onto the agent's buses while watching its health; returns the fault
-    counters per bus. Ports it opens are added to ``opened`` (the caller closes them)."""
+    """Drive the scenario onto the agent's buses while watching its health (and the
+    diagnostics answers the expectations ask about); returns the fault counters per bus.
+    Ports it opens are added to ``opened`` (the caller closes them)."""
     from agent.diagnostics import DiagError, query
     from drivers.can_bus import PythonCanPort
-    from drivers.clock import SystemClock
     from drivers.simvehicle import run_sim
     from hal.types import CanFrame
-    from tools.bench_scenario import FaultInjector
+    from tools.bench_scenario import (
+        CAN_ERR_BUSERROR,
+        CAN_ERR_BUSOFF,
+        CAN_ERR_CRTL,
+        CAN_ERR_CRTL_TX_PASSIVE,
+        CAN_ERR_PROT,
+        CAN_ERR_RESTARTED,
+        FaultInjector,
+        shift_nmea,
+    )
 
     clock = SystemClock()
     await clock.sleep(0.5)  # the CAN services open their buses
@@ -424,6 +479,8 @@ async def _drive(
             )
     t0 = clock.monotonic()
     t0_utc = clock.time()
+    if stepped is not None:
+        stepped.start(t0)
 
     def now() -> float:
         return clock.monotonic() - t0
@@ -435,8 +492,41 @@ async def _drive(
     observed.t0_utc = t0_utc
 
     def nmea_sink(data: bytes) -> None:
+        by = sc.faults.clock_offset("gnss", now())
+        if by:
+            data = shift_nmea(data, by)
         with contextlib.suppress(BlockingIOError):
             os.write(master, data)
+
+    async def bus_off(b: Any) -> None:
+        """What a controller going bus-off looks like on SocketCAN: error-passive, then
+        bus-off (the injector drops every frame meanwhile), optionally bus errors, then a
+        restart (``restart-ms``) and traffic again."""
+        targets = [p for n, p in ports.items() if b.bus in (None, n)]
+
+        async def error(cls: int, data: bytes = bytes(8)) -> None:
+            for p in targets:
+                await p.send(CanFrame(arbitration_id=cls, data=data, is_error_frame=True, is_rx=False))
+
+        await clock.sleep_until(t0 + b.at)
+        await error(CAN_ERR_CRTL, bytes([0, CAN_ERR_CRTL_TX_PASSIVE, 0, 0, 0, 0, 0, 0]))
+        await error(CAN_ERR_BUSOFF)
+        sent = 2
+        if b.error_frames_per_s:
+            period = 1.0 / b.error_frames_per_s
+            for k in itertools.count(1):
+                if b.at + k * period >= b.at + b.duration:
+                    break
+                await clock.sleep_until(t0 + b.at + k * period)
+                await error(CAN_ERR_PROT | CAN_ERR_BUSERROR)
+                sent += 1
+        await clock.sleep_until(t0 + b.at + b.duration)
+        await error(CAN_ERR_RESTARTED)
+        sent += 1
+        notes = observed.notes.setdefault("bus-off error frames sent", {})
+        for n in ports:
+            if b.bus in (None, n):
+                notes[n] = notes.get(n, 0) + sent
 
     async def error_frames() -> None:
         period = 1.0 / sc.faults.error_frames_per_s
@@ -446,12 +536,24 @@ async def _drive(
                 await p.send(CanFrame(arbitration_id=0, data=bytes(8), is_error_frame=True, is_rx=False))
             observed.notes["error frames sent"] = k * len(ports)
 
+    queries = sorted({d.query for d in sc.expect_diag} - {"status"})
+    want_status = any(d.query == "status" for d in sc.expect_diag)
+
+    async def sample() -> None:
+        t = now()
+        with contextlib.suppress(DiagError):
+            st = await asyncio.to_thread(query, diag, "status")
+            observed.health.append((t, {n: h["status"] for n, h in st["health"].items()}))
+            if want_status:
+                observed.diag.setdefault("status", []).append((t, st))
+        for q in queries:
+            with contextlib.suppress(DiagError):
+                observed.diag.setdefault(q, []).append((t, await asyncio.to_thread(query, diag, q)))
+
     async def watch_health() -> None:
         for k in itertools.count(1):
             await clock.sleep_until(t0 + k * 1.0)
-            with contextlib.suppress(DiagError):
-                st = await asyncio.to_thread(query, diag, "status")
-                observed.health.append((now(), {n: h["status"] for n, h in st["health"].items()}))
+            await sample()
 
     async def drive() -> None:
         if vehicle is not None:
@@ -470,6 +572,7 @@ async def _drive(
     helpers = [asyncio.create_task(watch_health())]
     if sc.faults.error_frames_per_s:
         helpers.append(asyncio.create_task(error_frames()))
+    helpers += [asyncio.create_task(bus_off(b)) for b in sc.faults.bus_off]
     try:
         drive_task = asyncio.create_task(drive())
         agent_gone = asyncio.create_task(aut.wait())
@@ -480,9 +583,9 @@ async def _drive(
         agent_gone.cancel()
         await drive_task
         await clock.sleep_until(t0 + sc.duration + sc.settle)
+        await sample()
         with contextlib.suppress(DiagError):
             st = await asyncio.to_thread(query, diag, "status")
-            observed.health.append((now(), {n: h["status"] for n, h in st["health"].items()}))
             beh = st.get("behaviour")
             observed.notes["agent behaviour"] = (
                 "off" if beh is None else f"events {beh['events']}, attested {beh['attested']}"
@@ -525,6 +628,7 @@ def _driving_events(data_dir: Path, t0_utc: float) -> list[Any]:
                 severity=float(body.get("severity", 0.0)),
                 duration=duration,
                 seq=att.seq,
+                tsrc=str(att.time_source),
             )
         )
     return events

@@ -24,7 +24,11 @@ from hal.interfaces import CanPort
 from hal.types import CanFrame
 
 __all__ = [
+    "DIAG_QUERIES",
     "EVENT_KINDS",
+    "BusOff",
+    "ClockJump",
+    "DiagExpectation",
     "EventExpectation",
     "FaultInjector",
     "Faults",
@@ -37,18 +41,24 @@ __all__ = [
     "evaluate",
     "load_scenario",
     "parse_scenario",
+    "shift_nmea",
 ]
 
 KMH = 1 / 3.6
 EVENT_KINDS = ("harsh_brake", "harsh_accel", "harsh_corner", "lane_change", "speeding", "fatigue")
 HEALTH_STATES = ("ok", "degraded", "failed")
-#: timed route events the bench can produce, and ones it refuses for now
-ROUTE_EVENTS = ("harsh_brake", "gnss_outage")
-UNSUPPORTED_EVENTS = {
-    "lane_change": "lane_change / weaving (the simulated vehicle follows its lane exactly)",
-    "weaving": "lane_change / weaving (the simulated vehicle follows its lane exactly)",
-}
-UNSUPPORTED_FAULTS = {"clock_jump": "clock_jump (the agent runs on the system clock)"}
+#: timed route events the bench can produce
+ROUTE_EVENTS = ("harsh_brake", "gnss_outage", "lane_change", "weaving")
+#: diagnostics commands an [[expect.diag]] may query (answers without parameters)
+DIAG_QUERIES = ("status", "state", "gnss.fix", "can.stats", "behaviour", "net", "verdicts")
+CLOCKS = ("gnss", "system")
+#: SocketCAN error classes (linux/can/error.h) of the error frames a bus-off emulation sends
+CAN_ERR_CRTL = 0x004
+CAN_ERR_PROT = 0x008
+CAN_ERR_BUSOFF = 0x040
+CAN_ERR_BUSERROR = 0x080
+CAN_ERR_RESTARTED = 0x100
+CAN_ERR_CRTL_TX_PASSIVE = 0x20
 
 
 class ScenarioError(ValueError):
@@ -81,6 +91,10 @@ class RouteEvent:
     duration: float = 0.0
     decel: float = 6.0
     hold: float = 3.0
+    #: lane_change / weaving: lateral offset of each move, metres (left positive)
+    offset: float = 0.0
+    #: weaving: number of lane moves, alternating sides (a lane change is one)
+    swings: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +103,9 @@ class ReplaySpec:
     bus: str = "can0"
     channel: str | None = None
     speed: float = 1.0
+    #: a DBC (and its VSS mapping) for the agent's bus instead of the reference one
+    dbc: Path | None = None
+    vss_map: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +123,30 @@ class WrongDlc:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockJump:
+    """At ``at`` the clock steps by ``by`` seconds: the GNSS receiver's time (every NMEA time
+    from then on) or, in-process only, the agent's system clock."""
+
+    at: float
+    by: float
+    clock: str = "gnss"
+
+
+@dataclass(frozen=True, slots=True)
+class BusOff:
+    """From ``at`` for ``duration`` seconds the bus is off: an error-passive and a bus-off
+    error frame, then nothing (or ``error_frames_per_s`` bus errors), then a restart."""
+
+    at: float
+    duration: float
+    bus: str | None = None
+    error_frames_per_s: float = 0.0
+
+    def covers(self, t: float) -> bool:
+        return self.at <= t < self.at + self.duration
+
+
+@dataclass(frozen=True, slots=True)
 class Faults:
     #: fraction of frames dropped (0..1)
     frame_loss: float = 0.0
@@ -115,10 +156,24 @@ class Faults:
     silent: tuple[SilentEcu, ...] = ()
     #: error frames per second on every bus (0: none)
     error_frames_per_s: float = 0.0
+    clock_jumps: tuple[ClockJump, ...] = ()
+    bus_off: tuple[BusOff, ...] = ()
 
     @property
     def any(self) -> bool:
-        return bool(self.frame_loss or self.corrupt or self.wrong_dlc or self.silent or self.error_frames_per_s)
+        return bool(
+            self.frame_loss
+            or self.corrupt
+            or self.wrong_dlc
+            or self.silent
+            or self.error_frames_per_s
+            or self.clock_jumps
+            or self.bus_off
+        )
+
+    def clock_offset(self, clock: str, t: float) -> float:
+        """Seconds the ``clock`` (gnss / system) is stepped by at drive time ``t``."""
+        return sum(j.by for j in self.clock_jumps if j.clock == clock and t >= j.at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +208,30 @@ class HealthExpectation:
 
 
 @dataclass(frozen=True, slots=True)
+class DiagExpectation:
+    """A value in a diagnostics answer (``query``, then the dotted ``path`` into it) at a time:
+    within [lo, hi], or equal to ``equals``."""
+
+    query: str
+    path: str
+    at: float | None = None
+    lo: float | None = None
+    hi: float | None = None
+    equals: Any = None
+
+    def describe(self) -> str:
+        if self.equals is not None:
+            cond = f"== {self.equals!r}"
+        elif self.lo is not None and self.hi is not None:
+            cond = f"in {self.lo:g}..{self.hi:g}"
+        elif self.lo is not None:
+            cond = f">= {self.lo:g}"
+        else:
+            cond = f"<= {self.hi:g}"
+        return f"diag {self.query} {self.path} {cond} " + ("at the end" if self.at is None else f"at t={self.at:g}s")
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     duration: float
@@ -167,6 +246,7 @@ class Scenario:
     agent: Mapping[str, Any] = field(default_factory=dict)
     expect_events: tuple[EventExpectation, ...] = ()
     expect_health: tuple[HealthExpectation, ...] = ()
+    expect_diag: tuple[DiagExpectation, ...] = ()
     #: seconds the bench waits after the drive for the agent to finish and attest
     settle: float = 2.0
     source: str = ""
@@ -293,11 +373,25 @@ def parse_scenario(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source
         log_path = rel if rel.is_absolute() else base_dir / rel
         if not log_path.is_file():
             raise ScenarioError(f"replay.path: no such log file: {log_path}")
+        files: dict[str, Path | None] = {}
+        for key in ("dbc", "vss_map"):
+            rel_file = rp.get(key, str, None)
+            files[key] = (
+                None
+                if rel_file is None
+                else (base_dir / rel_file if not Path(rel_file).is_absolute() else Path(rel_file))
+            )
+            if files[key] is not None and not files[key].is_file():  # type: ignore[union-attr]
+                raise ScenarioError(f"replay.{key}: no such file: {files[key]}")
+        if files["vss_map"] is not None and files["dbc"] is None:
+            raise ScenarioError("replay.vss_map: a VSS mapping needs replay.dbc")
         replay = ReplaySpec(
             log_path,
             bus=rp.get("bus", str, "can0"),
             channel=rp.get("channel", str, None),
             speed=rp.number("speed", 1.0, positive=True),
+            dbc=files["dbc"],
+            vss_map=files["vss_map"],
         )
         if replay.bus not in ("can0", "can1"):
             raise ScenarioError(f"replay.bus: must be can0 or can1, got {replay.bus!r}")
@@ -317,7 +411,7 @@ def parse_scenario(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source
         for i, ev in enumerate(top.tables("event")):
             events.append(_route_event(_Fields(ev, f"event[{i}]"), duration))
 
-    faults = _faults(_Fields(top.get("faults", dict, {}), "faults"))
+    faults = _faults(_Fields(top.get("faults", dict, {}), "faults"), duration)
     agent = top.get("agent", dict, {})
     expect = _Fields(top.get("expect", dict, {}), "expect")
     exp_events = [
@@ -329,10 +423,14 @@ def parse_scenario(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source
     exp_health = [
         _health_expectation(_Fields(t, f"expect.health[{i}]"), duration) for i, t in enumerate(expect.tables("health"))
     ]
+    exp_diag = [
+        _diag_expectation(_Fields(t, f"expect.diag[{i}]"), duration) for i, t in enumerate(expect.tables("diag"))
+    ]
     expect.done()
-    if not exp_events and not exp_health:
+    if not exp_events and not exp_health and not exp_diag:
         raise ScenarioError(
-            "expect: a scenario needs at least one [[expect.event]], [[expect.no_event]] or [[expect.health]]"
+            "expect: a scenario needs at least one [[expect.event]], [[expect.no_event]], [[expect.health]]"
+            " or [[expect.diag]]"
         )
     top.done()
     return Scenario(
@@ -349,6 +447,7 @@ def parse_scenario(raw: Mapping[str, Any], *, base_dir: Path = Path("."), source
         agent=agent,
         expect_events=tuple(exp_events),
         expect_health=tuple(exp_health),
+        expect_diag=tuple(exp_diag),
         source=source,
     )
 
@@ -385,23 +484,34 @@ def _segment(f: _Fields) -> SegmentSpec:
 
 def _route_event(f: _Fields, duration: float) -> RouteEvent:
     kind = f.get("kind", str, required=True)
-    if kind in UNSUPPORTED_EVENTS:
-        raise ScenarioError(f"{f.name('kind')}: not supported yet: {UNSUPPORTED_EVENTS[kind]}")
     if kind not in ROUTE_EVENTS:
         raise ScenarioError(f"{f.name('kind')}: unknown event {kind!r} (known: {', '.join(ROUTE_EVENTS)})")
     at = f.number("at", required=True, lo=0.0, hi=duration)
     if kind == "harsh_brake":
         ev = RouteEvent(kind, at, decel=f.number("decel", 6.0, positive=True), hold=f.number("hold", 3.0, lo=0.0))
+    elif kind in ("lane_change", "weaving"):
+        weave = kind == "weaving"
+        offset = f.number("offset", 1.5 if weave else 3.5, lo=-10.0, hi=10.0)
+        if abs(offset) < 0.1:
+            raise ScenarioError(
+                f"{f.name('offset')}: a lane move needs a lateral offset (metres, left +), got {offset:g}"
+            )
+        ev = RouteEvent(
+            kind,
+            at,
+            duration=f.number("duration", 2.5 if weave else 4.0, lo=1.0, hi=20.0),
+            offset=offset,
+            swings=f.get("swings", int, 4) if weave else 1,
+        )
+        if not 1 <= ev.swings <= 30:
+            raise ScenarioError(f"{f.name('swings')}: must be within 1..30, got {ev.swings}")
     else:
         ev = RouteEvent(kind, at, duration=f.number("duration", required=True, positive=True))
     f.done()
     return ev
 
 
-def _faults(f: _Fields) -> Faults:
-    for key, what in UNSUPPORTED_FAULTS.items():
-        if key in f.t:
-            raise ScenarioError(f"{f.name(key)}: not supported yet: {what}")
+def _faults(f: _Fields, duration: float = math.inf) -> Faults:
     wrong = []
     for i, t in enumerate(f.tables("wrong_dlc")):
         w = _Fields(t, f"faults.wrong_dlc[{i}]")
@@ -415,12 +525,43 @@ def _faults(f: _Fields) -> Faults:
         s = _Fields(t, f"faults.silent[{i}]")
         silent.append(SilentEcu(s.can_id("id"), s.number("at", required=True, lo=0.0), s.get("bus", str, None)))
         s.done()
+    jumps = []
+    for i, t in enumerate(f.tables("clock_jump")):
+        j = _Fields(t, f"faults.clock_jump[{i}]")
+        at = j.number("at", required=True, lo=0.0, hi=duration)
+        by = j.number("by", required=True, lo=-86400.0 * 366, hi=86400.0 * 366)
+        if not by:
+            raise ScenarioError(f"{j.name('by')}: a clock jump needs a non-zero step (seconds, + forward)")
+        clock = j.get("clock", str, "gnss")
+        if clock not in CLOCKS:
+            raise ScenarioError(f"{j.name('clock')}: must be one of {', '.join(CLOCKS)}, got {clock!r}")
+        jumps.append(ClockJump(at, by, clock))
+        j.done()
+    bus_off: list[BusOff] = []
+    for i, t in enumerate(f.tables("bus_off")):
+        b = _Fields(t, f"faults.bus_off[{i}]")
+        bo = BusOff(
+            at=b.number("at", required=True, lo=0.0, hi=duration),
+            duration=b.number("duration", required=True, positive=True),
+            bus=b.get("bus", str, None),
+            error_frames_per_s=b.number("error_frames_per_s", 0.0, lo=0.0, hi=1000.0),
+        )
+        if bo.bus is not None and bo.bus not in ("can0", "can1"):
+            raise ScenarioError(f"{b.name('bus')}: must be can0 or can1, got {bo.bus!r}")
+        for other in bus_off:
+            if other.bus in (None, bo.bus) or bo.bus is None:
+                if bo.at < other.at + other.duration and other.at < bo.at + bo.duration:
+                    raise ScenarioError(f"{b.name('at')}: overlaps an earlier bus_off on the same bus")
+        bus_off.append(bo)
+        b.done()
     faults = Faults(
         frame_loss=f.number("frame_loss", 0.0, lo=0.0, hi=1.0),
         corrupt=f.number("corrupt", 0.0, lo=0.0, hi=1.0),
         wrong_dlc=tuple(wrong),
         silent=tuple(silent),
         error_frames_per_s=f.number("error_frames_per_s", 0.0, lo=0.0, hi=1000.0),
+        clock_jumps=tuple(sorted(jumps, key=lambda j: j.at)),
+        bus_off=tuple(bus_off),
     )
     f.done()
     return faults
@@ -465,8 +606,61 @@ def _health_expectation(f: _Fields, duration: float) -> HealthExpectation:
     return HealthExpectation(sub, status, at)
 
 
+def _diag_expectation(f: _Fields, duration: float) -> DiagExpectation:
+    query = f.get("query", str, required=True)
+    if query not in DIAG_QUERIES:
+        raise ScenarioError(f"{f.name('query')}: must be one of {', '.join(DIAG_QUERIES)}, got {query!r}")
+    path = f.get("path", str, required=True)
+    if not path or any(not part for part in path.split(".")):
+        raise ScenarioError(f"{f.name('path')}: expected a dotted path into the answer (can0.signals), got {path!r}")
+    at = f.number("at", None, lo=0.0, hi=duration)
+    lo, hi = f.number("min", None), f.number("max", None)
+    equals = f.get("equals", (str, int, float, bool), None)
+    if equals is None and lo is None and hi is None:
+        raise ScenarioError(f"{f.name('min')}: give min and/or max, or equals")
+    if equals is not None and (lo is not None or hi is not None):
+        raise ScenarioError(f"{f.name('equals')}: give either equals or min/max, not both")
+    if lo is not None and hi is not None and hi < lo:
+        raise ScenarioError(f"{f.name('max')}: is below min ({hi:g} < {lo:g})")
+    f.done()
+    return DiagExpectation(query, path, at, lo, hi, equals)
+
+
 # --------------------------------------------------------------------------------------------
 # the drive
+
+
+def lane_move(speed: float, duration: float, offset: float, **kw: Any) -> list[Any]:
+    """A lane move as route geometry: two opposite curves (an S-bend) of ``speed * duration``
+    metres together whose curvature rises and falls linearly (a triangle each), turning just
+    enough that the path ends ``offset`` metres to the side (left positive), parallel to where
+    it started. Keywords go to both ``Segment``\\ s (speed_limit, tunnel, name)."""
+    from drivers.simvehicle import Segment
+
+    half = speed * duration / 2
+    ramp = 0.49 * half  # a curve's transitions must be shorter than half of it
+
+    def lateral(turn_deg: float) -> float:
+        first = Segment(half, speed, turn=turn_deg, transition=ramp)
+        second = Segment(half, speed, turn=-turn_deg, transition=ramp)
+        n = 200
+        h = half / n
+        total = 0.0
+        for seg, psi0 in ((first, 0.0), (second, math.radians(turn_deg))):
+            for i in range(n + 1):
+                w = 1 if i in (0, n) else (4 if i % 2 else 2)
+                total += w * math.sin(psi0 + seg.heading_change(i * h)) * h / 3
+        return total
+
+    lo, hi = 0.0, 60.0
+    for _ in range(50):  # bisection: the offset grows with the turn
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if lateral(mid) < abs(offset) else (lo, mid)
+    turn = math.copysign((lo + hi) / 2, offset)
+    return [
+        Segment(half, speed, turn=turn, transition=ramp, **kw),
+        Segment(half, speed, turn=-turn, transition=ramp, **kw),
+    ]
 
 
 def build_vehicle(sc: Scenario, *, emit_can: bool = True) -> Any:
@@ -492,6 +686,45 @@ def build_vehicle(sc: Scenario, *, emit_can: bool = True) -> Any:
         route = Route(segments, loop=False, name=sc.name)
         return SimVehicle(route, seed=sc.seed, nmea_rate_hz=sc.nmea_rate, gnss_outages=outages, emit_can=can)
 
+    import dataclasses
+
+    # lane changes and weaving first: they split straights, which moves later segments' indices
+    for ev in sorted((e for e in sc.events if e.kind in ("lane_change", "weaving")), key=lambda e: e.at):
+        dry = make(segs, False)
+        dry.step(ev.at)
+        truth = dry.truth()
+        where = f"event {ev.kind} at {ev.at:g}"
+        if truth.speed < 2.0:
+            raise ScenarioError(
+                f"{where}: the vehicle is (nearly) standing at t={ev.at:g}s; change lanes while it moves"
+            )
+        idx, u = dry.route.locate(truth.distance)
+        seg = segs[idx]
+        if seg.turn:
+            raise ScenarioError(
+                f"{where}: not supported yet: a lane change on a curve ({seg.name}); put it on a straight"
+            )
+        moves: list[Any] = []
+        name = f"{seg.name} ({ev.kind.replace('_', ' ')})"
+        for k in range(ev.swings):
+            side = ev.offset if k % 2 == 0 else -ev.offset
+            moves += lane_move(seg.speed, ev.duration, side, speed_limit=seg.speed_limit, tunnel=seg.tunnel, name=name)
+        need = sum(m.length for m in moves)
+        rest = seg.length - u - need
+        if rest < 0:
+            raise ScenarioError(
+                f"{where}: {seg.name} has {seg.length - u:.0f} m left at t={ev.at:g}s, "
+                f"the {ev.kind} needs {need:.0f} m; lengthen the segment"
+            )
+        pieces = []
+        if u > 0.5:
+            pieces.append(dataclasses.replace(seg, length=u, stop=0.0))
+        if rest > 0.5:
+            pieces += moves + [dataclasses.replace(seg, length=rest)]
+        else:
+            pieces += moves[:-1] + [dataclasses.replace(moves[-1], stop=seg.stop)]
+        segs[idx : idx + 1] = pieces
+
     for i, ev in enumerate(sorted((e for e in sc.events if e.kind == "harsh_brake"), key=lambda e: e.at)):
         dry = make(segs, False)
         dry.step(ev.at)
@@ -503,8 +736,6 @@ def build_vehicle(sc: Scenario, *, emit_can: bool = True) -> Any:
         seg = segs[idx]
         if seg.harsh_brake_at is not None:
             raise ScenarioError(f"{where}: not supported yet: two harsh brakes on one segment ({seg.name})")
-        import dataclasses
-
         segs[idx] = dataclasses.replace(
             seg, harsh_brake_at=min(u, seg.length - 0.01), harsh_brake_decel=ev.decel, harsh_brake_hold=ev.hold
         )
@@ -512,10 +743,54 @@ def build_vehicle(sc: Scenario, *, emit_can: bool = True) -> Any:
     return make(segs, emit_can)
 
 
+def shift_nmea(data: bytes, by: float) -> bytes:
+    """NMEA 0183 sentences with every UTC time (and date) moved by ``by`` seconds: the time of
+    day of GGA/RMC/GLL/GNS/ZDA, RMC's date and ZDA's day/month/year; checksums recomputed.
+    What a receiver whose clock jumped would send (the bench's ``clock_jump`` fault)."""
+    from datetime import UTC, datetime, timedelta
+
+    if not by:
+        return data
+    out = []
+    for line in data.decode("ascii", "replace").split("\r\n"):
+        if not line.startswith("$") or "*" not in line:
+            out.append(line)
+            continue
+        body = line[1 : line.rindex("*")]
+        f = body.split(",")
+        kind = f[0][-3:]
+        tpos = {"GGA": 1, "RMC": 1, "GLL": 5, "GNS": 1, "ZDA": 1}.get(kind)
+        if tpos is None or len(f) <= tpos or len(f[tpos]) < 6:
+            out.append(line)
+            continue
+        hms = f[tpos]
+        frac = hms[6:] if len(hms) > 6 else ""
+        secs = int(hms[:2]) * 3600 + int(hms[2:4]) * 60 + int(hms[4:6])
+        if kind == "RMC" and len(f) > 9 and len(f[9]) == 6:
+            day = datetime(2000 + int(f[9][4:6]), int(f[9][2:4]), int(f[9][:2]), tzinfo=UTC)
+        elif kind == "ZDA" and len(f) > 4 and f[4]:
+            day = datetime(int(f[4]), int(f[3]), int(f[2]), tzinfo=UTC)
+        else:
+            day = datetime(2000, 1, 1, tzinfo=UTC)  # time of day only
+        when = day + timedelta(seconds=secs + by)
+        f[tpos] = f"{when:%H%M%S}{frac}"
+        if kind == "RMC" and len(f) > 9 and len(f[9]) == 6:
+            f[9] = f"{when:%d%m%y}"
+        elif kind == "ZDA" and len(f) > 4 and f[4]:
+            f[2], f[3], f[4] = f"{when:%d}", f"{when:%m}", f"{when:%Y}"
+        body = ",".join(f)
+        check = 0
+        for ch in body.encode("ascii"):
+            check ^= ch
+        out.append(f"${body}*{check:02X}")
+    return "\r\n".join(out).encode("ascii")
+
+
 class FaultInjector:
     """A ``CanPort`` wrapper that applies a scenario's faults to what is sent through it:
     seeded frame loss and corruption, wrong DLCs for given ids, ids that fall silent at a
-    time. ``now()`` gives seconds since the start of the drive."""
+    time, nothing at all while the bus is off. ``now()`` gives seconds since the start of the
+    drive. (The bus-off error frames themselves are sent by the bench.)"""
 
     def __init__(
         self, port: CanPort, faults: Faults, now: Callable[[], float], seed: int, *, bus: str | None = None
@@ -527,6 +802,9 @@ class FaultInjector:
         self.now = now
         self.rng = random.Random(f"acc-bench-faults-{seed}-{self.name}")
         self.counts: dict[str, int] = {"sent": 0, "lost": 0, "corrupted": 0, "wrong_dlc": 0, "silenced": 0}
+        self._off = [b for b in faults.bus_off if b.bus in (None, self.name)]
+        if self._off:
+            self.counts["bus_off"] = 0
         self._dlc = {w.id: w.dlc for w in faults.wrong_dlc if w.bus in (None, self.name)}
         self._silent = {s.id: s.at for s in faults.silent if s.bus in (None, self.name)}
 
@@ -534,6 +812,11 @@ class FaultInjector:
         import dataclasses
 
         f = self.faults
+        if self._off:
+            t = self.now()
+            if any(b.covers(t) for b in self._off):
+                self.counts["bus_off"] += 1
+                return
         at = self._silent.get(frame.arbitration_id)
         if at is not None and self.now() >= at:
             self.counts["silenced"] += 1
@@ -567,6 +850,8 @@ class ObservedEvent:
     severity: float
     duration: float
     seq: int
+    #: where the attestation's time came from (gnss / holdover / system)
+    tsrc: str = ""
 
 
 @dataclass
@@ -577,6 +862,8 @@ class Observed:
     events: list[ObservedEvent] = field(default_factory=list)
     health: list[tuple[float, dict[str, str]]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    #: diagnostics answers over time, per query: {"gnss.fix": [(t, answer), ...]}
+    diag: dict[str, list[tuple[float, Any]]] = field(default_factory=dict)
     #: UTC seconds at the start of the drive
     t0_utc: float = 0.0
 
@@ -611,7 +898,13 @@ class Report:
         ]
         for c in self.checks:
             lines.append(f"  {'PASS' if c.passed else 'FAIL'}  {c.name}" + (f": {c.message}" if c.message else ""))
-        evs = ", ".join(f"{e.kind}@{e.t:.1f}s" for e in self.observed.events) or "none"
+        evs = (
+            ", ".join(
+                f"{e.kind}@{e.t:.1f}s" + (f" ({e.tsrc} time)" if e.tsrc not in ("", "gnss") else "")
+                for e in self.observed.events
+            )
+            or "none"
+        )
         lines.append(f"  driving events seen: {evs}")
         if self.observed.health:
             t, last = self.observed.health[-1]
@@ -672,7 +965,43 @@ def evaluate(sc: Scenario, observed: Observed, elapsed: float = 0.0) -> Report:
         ok = got == h.status
         msg = "" if ok else f"{h.subsystem} was {got or 'not reported'} at t={t:.1f}s"
         checks.append(CheckResult(h.describe(), ok, msg))
+    for d in sc.expect_diag:
+        checks.append(_check_diag(d, observed.diag.get(d.query, [])))
     return Report(sc, checks, observed, elapsed)
+
+
+def _lookup(answer: Any, path: str) -> tuple[bool, Any]:
+    value = answer
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return False, value
+    return True, value
+
+
+def _check_diag(d: DiagExpectation, samples: list[tuple[float, Any]]) -> CheckResult:
+    if not samples:
+        return CheckResult(d.describe(), False, f"no {d.query} answer from the agent (diagnostics socket)")
+    if d.at is None:
+        t, answer = samples[-1]
+    else:
+        after = [s for s in samples if s[0] >= d.at]
+        t, answer = after[0] if after else samples[-1]
+    found, value = _lookup(answer, d.path)
+    if not found:
+        keys = ", ".join(sorted(map(str, value))[:12]) if isinstance(value, dict) else type(value).__name__
+        return CheckResult(d.describe(), False, f"{d.query} has no {d.path} at t={t:.1f}s (there: {keys})")
+    if d.equals is not None:
+        ok = value == d.equals
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        return CheckResult(d.describe(), False, f"{d.path} was {value!r} at t={t:.1f}s, not a number")
+    else:
+        ok = (d.lo is None or value >= d.lo) and (d.hi is None or value <= d.hi)
+    shown = f"{value:.6g}" if isinstance(value, float) else repr(value)
+    return CheckResult(d.describe(), ok, "" if ok else f"{d.path} was {shown} at t={t:.1f}s")
 
 
 def _health_at(samples: list[tuple[float, dict[str, str]]], at: float | None) -> tuple[float, dict[str, str]] | None:
