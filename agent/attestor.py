@@ -51,9 +51,15 @@ class TimeReading:
     source: TimeSource
 
 
-def gnss_time(fix: GnssFix | None, clock: Clock, *, holdover_max: float = HOLDOVER_MAX) -> TimeReading:
-    """UTC for an attestation: GNSS while fixed, holdover after, else the system clock."""
+def gnss_time(
+    fix: GnssFix | None, clock: Clock, *, holdover_max: float = HOLDOVER_MAX, held_anchor: float | None = None
+) -> TimeReading:
+    """UTC for an attestation: GNSS while fixed, holdover after, else the system clock.
+    ``held_anchor`` (GNSS UTC minus monotonic of the last consistent report, given while the
+    receiver's time is suspect after a jump): hold over from it instead of the jumped time."""
     now = clock.monotonic()
+    if held_anchor is not None:
+        return TimeReading(held_anchor + now, TimeSource.HOLDOVER)
     if fix is not None and fix.time is not None:
         age = now - fix.monotonic
         utc = fix.time.timestamp() + age
@@ -75,11 +81,14 @@ class Attestor:
         state: Callable[[], VehicleState | None] = lambda: None,
         outbox: AsyncOutbox | None = None,
         cell: Callable[[], str] = lambda: "",
+        held_time: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.identity = identity
         self.dir = chain_dir(data_dir)
         self.clock = clock
         self._fix = fix
+        #: the GNSS service's held anchor while the receiver's time is suspect (after a jump)
+        self._held_time = held_time
         self._state = state
         self._builder: AttestationBuilder | None = None
         #: where attestations go to be sent (to the current cell) once they are in the chain
@@ -132,7 +141,7 @@ class Attestor:
                 self._builder = await asyncio.to_thread(self._open)
             builder = self._builder
             seq = builder.state.next_seq
-            reading = gnss_time(self._fix(), self.clock)
+            reading = gnss_time(self._fix(), self.clock, held_anchor=self._held_time())
             data = builder.build(
                 kind, body, time=reading.utc, time_source=reading.source, position=self.position(), model=model
             )

@@ -551,6 +551,7 @@ class Agent:
             state=lambda: state.last if state is not None else None,
             outbox=self.outbox,
             cell=self.current_cell,
+            held_time=lambda: gnss.held_time_anchor() if gnss is not None else None,
         )
         if state is not None and cfg.attest.summary_interval > 0:
             services = self.can_services

@@ -31,6 +31,10 @@ _frame_seq = itertools.count(1)
 RECENT_FRAMES = 2000
 ERROR_HISTORY = 64
 STATE_HISTORY = 64
+#: a GNSS time that steps by more than this against the monotonic clock has jumped, seconds
+TIME_STEP_S = 2.0
+#: reports in a row at a jumped time (away from the system clock) before it is believed
+TIME_RELOCK_REPORTS = 30
 
 
 class FrameDecoder(Protocol):
@@ -274,6 +278,14 @@ class GnssService:
         self.last_fix: GnssFix | None = None
         #: GNSS UTC minus the system clock when the report arrived, ms (positive: GNSS ahead)
         self.time_offset_ms: float | None = None
+        #: GNSS UTC minus the monotonic clock of the last report whose time was consistent
+        self.time_anchor: float | None = None
+        #: a report's time stepped away from the anchor and from the system clock: GNSS time is
+        #: not trusted (attestations hold over from the anchor) until it comes back or holds
+        self.time_suspect = False
+        self.time_jumps = 0
+        self.last_time_jump_s: float | None = None
+        self._new_anchor: tuple[float, int] | None = None  # a stepped time seen this many times
 
     async def run(self) -> None:
         await self.source.open()
@@ -295,6 +307,39 @@ class GnssService:
             # the system clock at the report's arrival (its monotonic receive time)
             wall = self.clock.time() - (self.clock.monotonic() - fix.monotonic if fix.monotonic else 0.0)
             self.time_offset_ms = (fix.time.timestamp() - wall) * 1000.0
+            if fix.monotonic:
+                self._check_time(fix.time.timestamp() - fix.monotonic, fix.time.timestamp() - wall)
+
+    def _check_time(self, anchor: float, offset_s: float) -> None:
+        """Is the receiver's time consistent? Against the monotonic clock it only drifts (ppm);
+        a step of more than ``TIME_STEP_S`` is a jump (receiver reset, week rollover, a rig's
+        injected fault, spoofing). A jump toward the system clock is a correction and is taken;
+        one away from it makes GNSS time suspect until the time comes back to the anchor or the
+        new time holds for ``TIME_RELOCK_REPORTS`` reports in a row."""
+        if self.time_anchor is None or abs(anchor - self.time_anchor) <= TIME_STEP_S:
+            self.time_anchor = anchor
+            self.time_suspect = False
+            self._new_anchor = None
+            return
+        step = anchor - self.time_anchor
+        if self._new_anchor is None or abs(anchor - self._new_anchor[0]) > TIME_STEP_S:
+            self.time_jumps += 1
+            self.last_time_jump_s = step
+            log.warning("gnss: the receiver's time stepped by %+.1f s (system clock offset %+.1f s)", step, offset_s)
+            self._new_anchor = (anchor, 0)
+        seen = self._new_anchor[1] + 1
+        self._new_anchor = (anchor, seen)
+        if abs(offset_s) <= TIME_STEP_S or seen >= TIME_RELOCK_REPORTS:
+            self.time_anchor = anchor  # agrees with the system clock, or has held long enough
+            self.time_suspect = False
+            self._new_anchor = None
+        else:
+            self.time_suspect = True
+
+    def held_time_anchor(self) -> float | None:
+        """The last consistent GNSS-minus-monotonic anchor while GNSS time is suspect, else None:
+        what the attestor holds over from (``agent.attestor.gnss_time``)."""
+        return self.time_anchor if self.time_suspect else None
 
     def fix_status(self) -> dict[str, Any]:
         """Diagnostics ``gnss.fix``: the last report and the last fix, satellites, DOP, clock offset."""
@@ -325,6 +370,9 @@ class GnssService:
             "last": one(self.last),
             "fix": one(self.last_fix),
             "time_offset_ms": None if self.time_offset_ms is None else round(self.time_offset_ms, 1),
+            "time_suspect": self.time_suspect,
+            "time_jumps": self.time_jumps,
+            "last_time_jump_s": None if self.last_time_jump_s is None else round(self.last_time_jump_s, 3),
             "system_time": self.clock.time(),
             "counters": self.source.counters(),
         }
@@ -338,6 +386,12 @@ class GnssService:
             self.health.degraded(self.name, f"no data from the receiver for {now - since:.0f}s")
         elif last is not None and last.mode < FixMode.FIX_2D:
             self.health.degraded(self.name, f"no fix (mode {int(last.mode)})")
+        elif self.time_suspect:
+            self.health.degraded(
+                self.name,
+                f"receiver time jumped by {self.last_time_jump_s or 0.0:+.1f} s and disagrees with the system clock: "
+                "attestations use holdover time",
+            )
         elif last is not None:
             self.health.ok(self.name, f"{last.mode.name.lower().replace('fix_', '')} fix")
 
