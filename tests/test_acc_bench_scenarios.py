@@ -531,11 +531,37 @@ def side_by_side(refdata: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         "bus-off": load_scenario(BUS_OFF),
         "css-decoded": _css_decoded_scenario(refdata),
     }
+    gnss = {}
+    if acc_bench.GPSD is not None:  # CI installs gpsd; without it that test skips
+        scenarios["gpsd"] = _gpsd_scenario()
+        gnss["gpsd"] = "gpsd"
 
     async def run_all() -> list[Any]:
-        return await asyncio.gather(*(acc_bench.run_scenario(sc, base / name) for name, sc in scenarios.items()))
+        return await asyncio.gather(
+            *(acc_bench.run_scenario(sc, base / name, gnss=gnss.get(name, "pty")) for name, sc in scenarios.items())
+        )
 
     return dict(zip(scenarios, asyncio.run(run_all()), strict=True))
+
+
+def _gpsd_scenario() -> Any:
+    """The harsh brake, with the agent reading GNSS from a real gpsd (``--gnss gpsd``)."""
+    raw = tomllib.loads(HARSH.read_text())
+    raw["name"] = "harsh-brake-gpsd"
+    raw["expect"].setdefault("health", []).append({"subsystem": "gnss", "status": "ok"})
+    raw["expect"].setdefault("diag", []).append({"query": "gnss.fix", "path": "fixes", "min": 4})
+    raw["expect"]["diag"].append({"query": "gnss.fix", "path": "fix.lat", "min": 48.0, "max": 48.3})
+    return parse_scenario(raw)
+
+
+def test_gnss_through_a_real_gpsd(side_by_side: dict[str, Any]) -> None:
+    if "gpsd" not in side_by_side:
+        pytest.skip("gpsd not installed (apt-get install gpsd); CI installs it")
+    report = side_by_side["gpsd"]
+    _passed(report)
+    assert report.observed.notes["gnss"].startswith("gpsd ")
+    assert [e.kind for e in report.observed.events] == ["harsh_brake"]
+    assert "PASS  diag gnss.fix fixes" in report.text()
 
 
 def _passed(report: Any) -> None:
