@@ -48,7 +48,9 @@ __all__ = ["Agent", "build_camera", "build_can_port", "build_decoders", "build_g
 log = logging.getLogger(__name__)
 
 
-def build_can_port(bus: CanBusConfig) -> CanPort:
+def build_can_port(bus: CanBusConfig, clock: Clock | None = None) -> CanPort:
+    """The configured bus's port; ``clock`` stamps its frames (the agent's clock, so frames and
+    the fusion's timers share one time base also on a simulated or scaled clock)."""
     cls = load_backend("can", "python-can")
     filters = [CanFilter(f.id, f.mask, f.extended) for f in bus.filters] or None
     port: CanPort = cls(
@@ -60,6 +62,7 @@ def build_can_port(bus: CanBusConfig) -> CanPort:
         data_bitrate=bus.data_bitrate,
         receive_own_messages=bus.receive_own_messages,
         filters=filters,
+        **({"clock": clock} if clock is not None else {}),
         **bus.options,
     )
     return port
@@ -74,15 +77,18 @@ def build_decoders(bus: CanBusConfig) -> list[Any]:
     return decoders
 
 
-def build_gnss(cfg: GnssConfig) -> GnssSource | None:
+def build_gnss(cfg: GnssConfig, clock: Clock | None = None) -> GnssSource | None:
+    """The configured receiver; ``clock`` stamps its fixes (see ``build_can_port``)."""
     if cfg.backend == "none":
         return None
     if cfg.backend == "gpsd":
-        source: GnssSource = load_backend("gnss", "gpsd")(host=cfg.host, port=cfg.port)
+        source: GnssSource = load_backend("gnss", "gpsd")(host=cfg.host, port=cfg.port, clock=clock)
         return source
     from drivers.gnss_stream import open_nmea_source
 
-    return open_nmea_source(cfg.device, baudrate=cfg.baudrate, pace=cfg.pace, ready_timeout=cfg.ready_timeout)
+    return open_nmea_source(
+        cfg.device, baudrate=cfg.baudrate, pace=cfg.pace, ready_timeout=cfg.ready_timeout, clock=clock
+    )
 
 
 def build_camera(cfg: CameraConfig) -> Camera | None:
@@ -197,7 +203,7 @@ class Agent:
     def _build(self) -> None:
         cfg = self.config
         for bus in cfg.can:
-            port = build_can_port(bus)
+            port = build_can_port(bus, self.clock)
             obd = None
             if bus.obd:
                 from drivers.obd import ObdPoller
@@ -208,7 +214,7 @@ class Agent:
             self.supervisor.add(service.name, service.run)
             if obd is not None:
                 self.supervisor.add(f"obd.{bus.name}", service.run_obd)
-        source = build_gnss(cfg.gnss)
+        source = build_gnss(cfg.gnss, self.clock)
         if source is not None:
             self.gnss_service = GnssService(source, self.fusion, self.health, self.clock)
             self.supervisor.add("gnss", self.gnss_service.run)

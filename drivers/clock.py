@@ -9,7 +9,7 @@ import time
 
 from hal.interfaces import Clock
 
-__all__ = ["SimulatedClock", "SystemClock", "sleep_until_or"]
+__all__ = ["ScaledClock", "SimulatedClock", "SystemClock", "sleep_until_or"]
 
 
 class SystemClock(Clock):
@@ -23,6 +23,31 @@ class SystemClock(Clock):
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+
+class ScaledClock(Clock):
+    """Real time run ``speed`` times faster: from its creation, monotonic and UTC time advance
+    ``speed`` seconds per real second and a sleep lasts ``1/speed`` of its length. Everything
+    timed by one ``ScaledClock`` keeps its proportions, so a bench can drive an agent through a
+    scripted drive faster than real time as long as the CPU keeps up (what still runs on real
+    time -- thread hand-offs, socket I/O -- only adds latency, ``speed`` times larger in
+    scaled seconds). ``speed`` 1 is the system clock (from its own start)."""
+
+    def __init__(self, speed: float, *, start_utc: float | None = None) -> None:
+        if not speed > 0:
+            raise ValueError(f"speed must be > 0 (got {speed})")
+        self.speed = float(speed)
+        self._r0 = time.monotonic()
+        self._utc0 = time.time() if start_utc is None else start_utc
+
+    def monotonic(self) -> float:
+        return self._r0 + (time.monotonic() - self._r0) * self.speed
+
+    def time(self) -> float:
+        return self._utc0 + (time.monotonic() - self._r0) * self.speed
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.speed)
 
 
 class SimulatedClock(Clock):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -632,3 +633,25 @@ def test_css_canmod_drive_decoded_with_its_dbc(side_by_side: dict[str, Any]) -> 
     _passed(report)
     signals = [a["can0"]["signals"] for t, a in report.observed.diag["can.stats"]]
     assert signals == sorted(signals) and signals[-1] > 3000
+
+
+def test_faster_than_real_time_gives_the_same_verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--speed 4: the in-process agent, the vehicle and the bench share a scaled clock; the
+    9 s harsh-brake drive takes about a quarter of its time, passes with the brake at its time,
+    and still fails with the behaviour model off."""
+    t0 = time.monotonic()
+    rc = acc_bench.main(["scenario", str(HARSH), "--speed", "4", "--workdir", str(tmp_path / "fast")])
+    took = time.monotonic() - t0
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "speed: 4x real time" in out and "PASS  exactly 1 harsh_brake at t=3..7s" in out
+    assert took < 9.0  # the drive alone is 9 s + 1.5 s settle at real time
+    argv = ["scenario", str(HARSH), "--speed", "4", "--set", "behaviour.enabled=false"]
+    rc = acc_bench.main([*argv, "--workdir", str(tmp_path / "off")])
+    out = capsys.readouterr().out
+    assert rc == 1 and "FAIL  exactly 1 harsh_brake at t=3..7s" in out, out
+
+
+def test_speed_is_refused_for_an_agent_process(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="--speed: not supported with --agent process"):
+        asyncio.run(acc_bench.run_scenario(load_scenario(HARSH), tmp_path, mode="process", speed=4.0))

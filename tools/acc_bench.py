@@ -37,8 +37,9 @@ from typing import IO, Any
 
 from agent import exitcodes
 from agent.logsetup import setup_logging
-from drivers.clock import SystemClock
+from drivers.clock import ScaledClock, SystemClock
 from hal.errors import HalError
+from hal.interfaces import Clock
 
 
 def parse_bus(text: str) -> tuple[str, str]:
@@ -309,14 +310,16 @@ class GpsdProcess:
                 await self.proc.wait()
 
 
-class SteppedClock(SystemClock):
-    """The agent's clock for an in-process run with ``clock = "system"`` jumps: the system
-    clock, with ``time()`` stepped by the scenario's jumps once the drive (``start``) has
-    reached them. ``monotonic`` and sleeping are untouched, as on a host whose wall clock is
-    set (NTP step, RTC fix): only what reads the wall clock sees the jump."""
+class SteppedClock(Clock):
+    """The agent's clock for an in-process run with ``clock = "system"`` jumps: the bench's
+    clock (``base``: the system clock, or a ``ScaledClock`` with ``--speed``), with ``time()``
+    stepped by the scenario's jumps once the drive (``start``) has reached them. ``monotonic``
+    and sleeping are untouched, as on a host whose wall clock is set (NTP step, RTC fix): only
+    what reads the wall clock sees the jump."""
 
-    def __init__(self, faults: Any) -> None:
+    def __init__(self, faults: Any, base: Clock | None = None) -> None:
         self.faults = faults
+        self.base = base or SystemClock()
         self.t0: float | None = None
 
     def start(self, t0_monotonic: float) -> None:
@@ -327,8 +330,14 @@ class SteppedClock(SystemClock):
             return 0.0
         return float(self.faults.clock_offset("system", self.monotonic() - self.t0))
 
+    def monotonic(self) -> float:
+        return self.base.monotonic()
+
     def time(self) -> float:
-        return super().time() + self.offset()
+        return self.base.time() + self.offset()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.base.sleep(seconds)
 
 
 class InProcessAgent:
@@ -422,12 +431,15 @@ async def run_scenario(
     out: IO[str] | None = None,
     mode: str = "inprocess",
     gnss: str = "pty",
+    speed: float = 1.0,
 ) -> Any:
     """Run ``sc`` (a ``bench_scenario.Scenario``) against the real agent and return its
     ``Report``. ``mode`` ``inprocess``: ``agent.runtime.Agent`` in this event loop on python-can
     ``virtual`` buses; ``process``: ``python -m agent.main`` as a child process on
     ``udp_multicast`` buses (only in a private network namespace with only loopback).
-    ``gnss`` ``pty``: the agent reads the NMEA from the bench's pty as a serial receiver;
+    ``speed`` > 1: the in-process agent, the vehicle and the bench share a ``ScaledClock``
+    (faster than real time). ``gnss`` ``pty``: the agent reads the NMEA from the bench's pty as
+    a serial receiver;
     ``gpsd``: a real gpsd on 127.0.0.1 reads the pty and the agent is its client.
     ``overrides`` are ``section.key=value`` settings for the agent (as ``acc-agent --set``)."""
     from agent.config import load_config
@@ -441,6 +453,11 @@ async def run_scenario(
         raise ScenarioError(
             "faults.clock_jump: not supported yet: clock = 'system' with --agent process "
             "(the bench can only step the clock of an agent in its own process)"
+        )
+    if speed != 1.0 and mode == "process":
+        raise ScenarioError(
+            "--speed: not supported with --agent process (the agent process runs on the system clock; "
+            "only an agent in the bench's process can share its scaled clock)"
         )
     if mode == "process" and (up := await asyncio.to_thread(non_loopback_interfaces_up)):
         raise BenchRefused(_MULTICAST_REFUSED.format(", ".join(up)))
@@ -469,18 +486,21 @@ async def run_scenario(
         )
         config = load_config(cfg_path, env={}, overrides=overrides)  # refuses a bad override here
         aut: InProcessAgent | AgentProcess
-        stepped = SteppedClock(sc.faults) if system_jumps else None
+        clock: Clock = ScaledClock(speed) if speed != 1.0 else SystemClock()
+        stepped = SteppedClock(sc.faults, clock) if system_jumps else None
         if mode == "process":
             aut = AgentProcess(cfg_path, overrides, workdir / "agent.log", diag)
         else:
-            aut = InProcessAgent(Agent(config, clock=stepped, handle_signals=False))
+            aut = InProcessAgent(Agent(config, clock=stepped or clock, handle_signals=False))
+        if speed != 1.0:
+            observed.notes["speed"] = f"{speed:g}x real time (a scaled clock shared by the agent and the bench)"
         if out is not None:
             out.write(f"running scenario {sc.name!r}: {sc.duration:g} s drive + {sc.settle:g} s settle\n")
             out.flush()
         opened: list[Any] = []
         try:
             await aut.start()
-            report = await _drive(sc, aut, config, vehicle, master, diag, observed, opened, stepped)
+            report = await _drive(sc, aut, config, vehicle, master, diag, observed, opened, stepped, clock)
         finally:
             await aut.stop()
             for p in opened:
@@ -512,6 +532,7 @@ async def _drive(
     observed: Any,
     opened: list[Any],
     stepped: SteppedClock | None = None,
+    clock: Clock | None = None,
 ) -> dict[str, Any]:
     """Drive the scenario onto the agent's buses while watching its health (and the
     diagnostics answers the expectations ask about); returns the fault counters per bus.
@@ -531,7 +552,8 @@ async def _drive(
         shift_nmea,
     )
 
-    clock = SystemClock()
+    clock = clock or SystemClock()
+    speed = getattr(clock, "speed", 1.0)
     await clock.sleep(0.5)  # the CAN services open their buses
     ports = {
         b.name: PythonCanPort(f"bench-{b.name}", interface=b.interface, channel=b.channel, bitrate=b.bitrate)
@@ -630,9 +652,9 @@ async def _drive(
 
             rp = sc.replay
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    replay_to(injectors[rp.bus], rp.path, speed=rp.speed, channel=rp.channel),
-                    sc.duration,
+                await asyncio.wait_for(  # replay paces on real time: the scaled clock's speed on top
+                    replay_to(injectors[rp.bus], rp.path, speed=rp.speed * speed, channel=rp.channel),
+                    sc.duration / speed,
                 )
 
     helpers = [asyncio.create_task(watch_health())]
@@ -716,7 +738,9 @@ def run_scenario_command(args: argparse.Namespace, out: IO[str]) -> int:
         return exitcodes.UNAVAILABLE
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix=f"acc-bench-{sc.name.replace(' ', '_')[:20]}-"))).resolve()
     try:
-        report = asyncio.run(run_scenario(sc, workdir, overrides=args.set, out=out, mode=args.agent, gnss=args.gnss))
+        report = asyncio.run(
+            run_scenario(sc, workdir, overrides=args.set, out=out, mode=args.agent, gnss=args.gnss, speed=args.speed)
+        )
     except ScenarioError as err:
         sys.stderr.write(f"acc-bench: {err}\n")
         return exitcodes.USAGE
@@ -781,6 +805,12 @@ def build_parser() -> argparse.ArgumentParser:
         "udp_multicast buses (only in a private network namespace: see --netns)",
     )
     sc.add_argument("--netns", action="store_true", help="with --agent process: run in a new private netns (root)")
+    sc.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="run N times faster than real time (in-process agent only: it shares the bench's scaled clock)",
+    )
     sc.add_argument(
         "--gnss",
         choices=["pty", "gpsd"],

@@ -1,4 +1,4 @@
-"""Clock contract: every Clock backend (system, simulated) keeps the same promises."""
+"""Clock contract: every Clock backend (system, simulated, scaled) keeps the same promises."""
 
 from __future__ import annotations
 
@@ -8,15 +8,22 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from drivers.clock import SimulatedClock, SystemClock
+from drivers.clock import ScaledClock, SimulatedClock, SystemClock
 from hal.interfaces import Clock
 from hal.registry import load_backend
 
 Advance = Callable[[float], Awaitable[None]]
 
 
-@pytest.fixture(params=["system", "simulated"])
+@pytest.fixture(params=["system", "simulated", "scaled"])
 def clock_and_advance(request: pytest.FixtureRequest) -> tuple[Clock, Advance]:
+    if request.param == "scaled":  # 4x real time: advancing 1 s of its time takes 0.25 s
+        scaled = ScaledClock(4.0)
+
+        async def quick(seconds: float) -> None:
+            await asyncio.sleep(seconds / scaled.speed)
+
+        return scaled, quick
     cls = load_backend("clock", request.param)
     clock = cls()
     if isinstance(clock, SimulatedClock):
@@ -78,3 +85,15 @@ async def test_simulated_sleepers_wake_in_deadline_order() -> None:
 
 def test_system_clock_is_the_default_backend() -> None:
     assert isinstance(load_backend("clock", "system")(), SystemClock)
+
+
+async def test_a_scaled_clock_runs_its_speed_times_faster() -> None:
+    clock = ScaledClock(5.0)
+    m0, u0, r0 = clock.monotonic(), clock.time(), time.monotonic()
+    await clock.sleep(0.5)  # 0.1 s of real time
+    real = time.monotonic() - r0
+    assert 0.09 <= real < 0.4
+    assert clock.monotonic() - m0 == pytest.approx(5.0 * real, rel=0.05)
+    assert clock.time() - u0 == pytest.approx(clock.monotonic() - m0, abs=0.01)
+    with pytest.raises(ValueError, match="speed"):
+        ScaledClock(0)
