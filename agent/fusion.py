@@ -21,11 +21,11 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hal.types import FixMode, GnssFix, SignalSample, VehicleState
 
-__all__ = ["FIELD_OF_SIGNAL", "Fusion"]
+__all__ = ["CAN_GNSS_SIGNALS", "FIELD_OF_SIGNAL", "Fusion"]
 
 EARTH_RADIUS = 6_371_008.8  # mean radius, m
 
@@ -40,6 +40,22 @@ FIELD_OF_SIGNAL: dict[str, str] = {
     "Vehicle.Chassis.Accelerator.PedalPosition": "throttle",
     "Vehicle.Powertrain.Transmission.CurrentGear": "gear",
 }
+
+
+#: VSS signals of a GNSS receiver on a CAN bus (CSS CANmod.gps and the like, see
+#: drivers/data/canmod-gps.vss.toml) -> the GnssFix field each fills
+CAN_GNSS_SIGNALS: dict[str, str] = {
+    "Vehicle.CurrentLocation.Latitude": "lat",
+    "Vehicle.CurrentLocation.Longitude": "lon",
+    "Vehicle.CurrentLocation.Altitude": "alt_hae",  # VSS: above the WGS84 ellipsoid
+    "Vehicle.CurrentLocation.Heading": "track",
+    "Vehicle.CurrentLocation.SpeedOverGround": "speed",
+    "Vehicle.CurrentLocation.HorizontalAccuracy": "eph",
+    "Vehicle.CurrentLocation.GNSSReceiver.FixType": "mode",
+}
+_FIX_TYPES = {"NONE": FixMode.NO_FIX, "TWO_D": FixMode.FIX_2D, "THREE_D": FixMode.FIX_3D}
+#: a CAN-borne fix takes the other fields only when they are at most this old, seconds
+_CAN_GNSS_PAIRING = 1.0
 
 
 @dataclass
@@ -72,10 +88,19 @@ class Fusion:
         self._sequence = 0
         self.signals_seen = 0
         self.signals_ignored = 0
+        # a GNSS receiver on the CAN bus: its latest fields, and when the dedicated receiver
+        # (NMEA / gpsd, through on_fix) last reported; the dedicated one wins while fresh
+        self._can_gnss: dict[str, tuple[float | str, float]] = {}
+        self._receiver_mono: float | None = None
+        self._fix_from_can = False
+        self.can_fixes = 0
 
     # --- inputs ------------------------------------------------------------------------------
 
     def on_signal(self, s: SignalSample) -> None:
+        if s.name in CAN_GNSS_SIGNALS:
+            self._on_can_gnss(CAN_GNSS_SIGNALS[s.name], s)
+            return
         name = FIELD_OF_SIGNAL.get(s.name)
         if name is None or isinstance(s.value, str):
             self.signals_ignored += 1
@@ -93,7 +118,78 @@ class Fusion:
         for s in samples:
             self.on_signal(s)
 
+    def _on_can_gnss(self, field: str, s: SignalSample) -> None:
+        """A GNSS receiver's value that came over CAN: a position (latitude and longitude within
+        ``_CAN_GNSS_PAIRING`` s of each other) makes a fix with the other fields that are fresh,
+        unless the dedicated receiver reported within ``gnss_timeout``."""
+        if isinstance(s.value, bool) or (field != "mode" and not isinstance(s.value, int | float)):
+            self.signals_ignored += 1
+            return
+        if field != "mode" and not math.isfinite(float(s.value)):
+            self.signals_ignored += 1
+            return
+        self.signals_seen += 1
+        self._can_gnss[field] = (s.value if field == "mode" else float(s.value), s.monotonic)
+        if field not in ("lat", "lon"):
+            fix = self._fix
+            if field != "mode" and self._fix_from_can and fix is not None:
+                # the module sends speed / heading in messages of their own, after the position
+                # of the same epoch: they complete the fix made from it
+                if s.monotonic - fix.monotonic <= _CAN_GNSS_PAIRING:
+                    value = float(s.value)
+                    if field == "speed":
+                        fix = replace(fix, speed=value)
+                    elif field == "track":
+                        fix = replace(fix, track=value)
+                    elif field == "alt_hae":
+                        fix = replace(fix, alt_hae=value)
+                    else:
+                        fix = replace(fix, eph=value)
+                    self._fix = fix
+                    if field == "track" and fix.speed is not None and fix.speed > 1.0:
+                        self._heading = value
+            return
+        lat, lon = self._can_gnss.get("lat"), self._can_gnss.get("lon")
+        if lat is None or lon is None or abs(lat[1] - lon[1]) > _CAN_GNSS_PAIRING:
+            return
+        now = s.monotonic
+        if self._receiver_mono is not None and now - self._receiver_mono <= self.gnss_timeout:
+            return  # the dedicated receiver is reporting: it wins
+
+        def fresh(name: str) -> float | None:
+            item = self._can_gnss.get(name)
+            if item is None or now - item[1] > _CAN_GNSS_PAIRING or isinstance(item[0], str):
+                return None
+            return float(item[0])
+
+        mode_item = self._can_gnss.get("mode")
+        mode = FixMode.FIX_2D  # the module sends positions only while they are valid
+        if mode_item is not None and now - mode_item[1] <= 2.0:
+            mode = _FIX_TYPES.get(str(mode_item[0]), FixMode.FIX_2D)
+        if mode < FixMode.FIX_2D:
+            return
+        self.can_fixes += 1
+        self._fix_from_can = True
+        self._apply_fix(
+            GnssFix(
+                mode=mode,
+                lat=float(lat[0]),
+                lon=float(lon[0]),
+                alt_hae=fresh("alt_hae"),
+                speed=fresh("speed"),
+                track=fresh("track"),
+                eph=fresh("eph"),
+                monotonic=now,
+            )
+        )
+
     def on_fix(self, fix: GnssFix) -> None:
+        """A report of the dedicated receiver (NMEA / gpsd)."""
+        self._receiver_mono = fix.monotonic
+        self._fix_from_can = False
+        self._apply_fix(fix)
+
+    def _apply_fix(self, fix: GnssFix) -> None:
         self._fix = fix
         if fix.has_position:
             assert fix.lat is not None and fix.lon is not None

@@ -508,6 +508,10 @@ def _css_decoded_scenario(refdata: Path) -> Any:
                 {"query": "state", "path": "accel_longitudinal", "at": 5.0, "min": -3.0, "max": 3.0},
                 {"query": "state", "path": "accel_lateral", "at": 5.0, "min": -3.0, "max": 3.0},
                 {"query": "state", "path": "yaw_rate", "at": 5.0, "min": -40.0, "max": 40.0},
+                # the module's GNSS over CAN is the agent's receiver here: position and speed
+                # (inside the recording's latitude band and speed range, tests/test_css_logs.py)
+                {"query": "state", "path": "lat", "at": 5.0, "min": 55.869, "max": 55.871},
+                {"query": "state", "path": "speed", "at": 5.0, "min": 0.0, "max": 14.6},
             ],
         },
     }

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from agent.fusion import EARTH_RADIUS, Fusion
 from hal.types import FixMode, GnssFix, SignalSample
+from tests.test_css_logs import REFS, decoded
 
 
 def sig(name: str, value: float, t: float) -> SignalSample:
@@ -112,3 +114,73 @@ def test_no_fix_mode_keeps_no_position() -> None:
     s = f.snapshot(1.0, 0)
     assert s.lat is None and s.gnss_mode is FixMode.NO_FIX
     assert s.sequence == 1 and f.snapshot(1.1, 0).sequence == 2
+
+
+def test_a_gnss_receiver_on_the_can_bus_gives_position_and_speed() -> None:
+    """CANmod.gps-style signals (VSS Vehicle.CurrentLocation.*) make fixes when there is no
+    dedicated receiver: position, speed over ground (no wheel speed on the bus) and heading."""
+    f = Fusion()
+    f.on_signals(
+        [
+            SignalSample("Vehicle.CurrentLocation.GNSSReceiver.FixType", "THREE_D", "", 1.0, 1.0),
+            sig("Vehicle.CurrentLocation.SpeedOverGround", 8.0, 1.0),
+            sig("Vehicle.CurrentLocation.Heading", 90.0, 1.0),
+            sig("Vehicle.CurrentLocation.Latitude", 55.87, 1.0),
+            sig("Vehicle.CurrentLocation.Longitude", 9.85, 1.02),
+        ]
+    )
+    s = f.snapshot(1.05, 1e9)
+    assert (s.gnss_mode, s.heading) == (FixMode.FIX_3D, 90.0)
+    assert (s.lat, s.lon) == pytest.approx((55.87, 9.85), abs=1e-4)  # dead-reckoned 50 ms on
+    assert s.speed == 8.0 and "speed" in s.derived and f.can_fixes == 1
+    # a latitude alone (its longitude more than a second old) is no fix
+    f.on_signal(sig("Vehicle.CurrentLocation.Latitude", 55.9, 3.0))
+    assert f.can_fixes == 1
+    # "no fix" from the module: no position from it
+    f.on_signals(
+        [
+            SignalSample("Vehicle.CurrentLocation.GNSSReceiver.FixType", "NONE", "", 4.0, 4.0),
+            sig("Vehicle.CurrentLocation.Latitude", 55.9, 4.0),
+            sig("Vehicle.CurrentLocation.Longitude", 9.9, 4.0),
+        ]
+    )
+    assert f.can_fixes == 1
+
+
+def test_the_dedicated_receiver_wins_over_the_can_one_while_it_reports() -> None:
+    f = Fusion()
+    f.on_fix(fix(1.0, 48.0, 11.0))
+    f.on_signals(
+        [sig("Vehicle.CurrentLocation.Latitude", 55.0, 1.5), sig("Vehicle.CurrentLocation.Longitude", 9.0, 1.5)]
+    )
+    assert f.can_fixes == 0 and f.snapshot(1.6, 1e9).lat == pytest.approx(48.0, abs=1e-3)
+    # the receiver silent for longer than gnss_timeout: the CAN one takes over
+    f.on_signals(
+        [sig("Vehicle.CurrentLocation.Latitude", 55.0, 3.0), sig("Vehicle.CurrentLocation.Longitude", 9.0, 3.0)]
+    )
+    assert f.can_fixes == 1 and f.snapshot(3.1, 1e9).lat == pytest.approx(55.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("stem", [r.stem for r in REFS])
+def test_a_real_canmod_gps_drive_fuses_into_positions_and_speeds(stem: str, refdata: Path) -> None:
+    """The real CSS Electronics CANmod.gps recordings decoded with their DBC and our VSS
+    mapping, fed to the fusion in log time: positions inside the recording's latitude band,
+    speed over ground as speed, within the module's own reported range."""
+    ref = next(r for r in REFS if r.stem == stem)
+    d = decoded(ref)
+    f = Fusion()
+    states = []
+    samples = sorted(d.samples, key=lambda s: s.monotonic)
+    t = samples[0].monotonic
+    i = 0
+    while i < len(samples):
+        t += 0.1
+        while i < len(samples) and samples[i].monotonic <= t:
+            f.on_signal(samples[i])
+            i += 1
+        states.append(f.snapshot(t, 0.0))
+    located = [s for s in states if s.lat is not None]
+    assert f.can_fixes > 50 and len(located) > 0.8 * len(states), (f.can_fixes, len(located), len(states))
+    assert all(ref.lat[0] <= s.lat <= ref.lat[1] for s in located if s.lat is not None)
+    speeds = [s.speed for s in states if s.speed is not None]
+    assert speeds and ref.gnss_speed[0] - 0.01 <= min(speeds) and max(speeds) <= ref.gnss_speed[1] + 0.01
