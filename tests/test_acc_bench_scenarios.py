@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from hal.types import CanFrame
+from tests.mqtt_broker import MOSQUITTO
 from tools import acc_bench
 from tools.bench_scenario import (
     BusOff,
@@ -659,3 +660,28 @@ def test_faster_than_real_time_gives_the_same_verdicts(tmp_path: Path, capsys: p
 def test_speed_is_refused_for_an_agent_process(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="--speed: not supported with --agent process"):
         asyncio.run(acc_bench.run_scenario(load_scenario(HARSH), tmp_path, mode="process", speed=4.0))
+
+
+def test_events_judged_from_what_the_bench_hears_over_mqtt(tmp_path: Path) -> None:
+    """--mqtt: a Mosquitto on 127.0.0.1, the agent publishing to it, the bench subscribed to the
+    cell's attestation topic. The brake arrives there signed (and verified); with the agent's
+    MQTT off the brake is only in its chain, and the scenario fails."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip(f"mosquitto not installed at {MOSQUITTO}")
+    sc = load_scenario(HARSH)
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(
+            acc_bench.run_scenario(sc, tmp_path / "on", mqtt="embedded", speed=2.0),
+            acc_bench.run_scenario(sc, tmp_path / "off", mqtt="embedded", speed=2.0, overrides=["mqtt.enabled=false"]),
+        )
+
+    on, off = asyncio.run(both())
+    _passed(on)
+    heard = on.observed.notes["mqtt"]
+    assert heard["attestations"] >= 1 and heard["not verified"] == 0 and heard["driving events"] == 1
+    assert heard["topic"] == "acc/v1/cell/bench-cell/tx"
+    assert not off.passed
+    assert off.observed.notes["mqtt"]["driving events"] == 0
+    assert off.observed.notes["mqtt"]["driving events in the agent's chain"] == 1
+    assert "expected 1 harsh_brake event(s), got 0" in off.text()

@@ -21,14 +21,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
+import logging
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tty
 from collections.abc import Callable, Sequence
@@ -40,6 +44,8 @@ from agent.logsetup import setup_logging
 from drivers.clock import ScaledClock, SystemClock
 from hal.errors import HalError
 from hal.interfaces import Clock
+
+log = logging.getLogger(__name__)
 
 
 def parse_bus(text: str) -> tuple[str, str]:
@@ -310,6 +316,91 @@ class GpsdProcess:
                 await self.proc.wait()
 
 
+BENCH_CELL = "bench-cell"
+
+
+class MqttWatch:
+    """The bench as the cell's backend sees the agent: a Mosquitto on 127.0.0.1 (started here,
+    or ``HOST:PORT``), the agent's MQTT on with cell ``bench-cell``, and a paho subscriber on
+    the cell's attestation topic that keeps every payload (verified and timed at the end)."""
+
+    def __init__(self, spec: str, run_dir: Path) -> None:
+        self.spec = spec
+        self.run_dir = run_dir
+        self.proc: Any = None
+        self.host, self.port = "127.0.0.1", 0
+        self.payloads: list[bytes] = []
+        self.client: Any = None
+
+    def start(self) -> None:
+        import paho.mqtt.client as paho
+
+        from agent import topics
+
+        if self.spec == "embedded":
+            from tools.bench.mqtt_publish import start_broker
+
+            self.proc, self.port = start_broker(self.run_dir)
+        else:
+            host, _, port = self.spec.rpartition(":")
+            self.host, self.port = host or "127.0.0.1", int(port)
+        topic = str(topics.tx(BENCH_CELL))
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"acc-bench-{os.getpid()}", protocol=paho.MQTTv5)
+        subscribed = threading.Event()
+        c.on_message = lambda _c, _u, msg: self.payloads.append(bytes(msg.payload))
+        c.on_subscribe = lambda *_a: subscribed.set()
+        c.connect(self.host, self.port)
+        c.loop_start()
+        c.subscribe(topic, qos=1)
+        self.client = c
+        if not subscribed.wait(5.0):
+            self.stop()
+            raise RuntimeError(f"could not subscribe to {topic} on {self.host}:{self.port}")
+        self.topic = topic
+
+    def agent_config(self) -> dict[str, Any]:
+        return {"enabled": True, "host": self.host, "port": self.port, "cell": BENCH_CELL, "backoff_max": 1.0}
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.loop_stop()
+            self.client.disconnect()
+            self.client = None
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def events(self, t0_utc: float) -> tuple[list[Any], dict[str, Any]]:
+        """The driving events heard (each attestation once, signature verified) and counters."""
+        from ledger_lite.attestation import verify_attestation
+        from ledger_lite.errors import LedgerError
+
+        seen: dict[bytes, Any] = {}
+        bad = 0
+        for data in self.payloads:
+            key = hashlib.sha256(data).digest()
+            if key in seen:
+                continue
+            try:
+                seen[key] = verify_attestation(data)
+            except (LedgerError, ValueError) as err:
+                bad += 1
+                log.warning("acc-bench: an attestation heard on %s does not verify: %s", self.topic, err)
+        atts = sorted(seen.values(), key=lambda a: a.seq)
+        counts = {
+            "topic": self.topic,
+            "messages": len(self.payloads),
+            "attestations": len(atts),
+            "not verified": bad,
+        }
+        return [_event_of(a, t0_utc) for a in atts if a.kind == "driving_event"], counts
+
+
 class SteppedClock(Clock):
     """The agent's clock for an in-process run with ``clock = "system"`` jumps: the bench's
     clock (``base``: the system clock, or a ``ScaledClock`` with ``--speed``), with ``time()``
@@ -432,6 +523,7 @@ async def run_scenario(
     mode: str = "inprocess",
     gnss: str = "pty",
     speed: float = 1.0,
+    mqtt: str | None = None,
 ) -> Any:
     """Run ``sc`` (a ``bench_scenario.Scenario``) against the real agent and return its
     ``Report``. ``mode`` ``inprocess``: ``agent.runtime.Agent`` in this event loop on python-can
@@ -441,6 +533,8 @@ async def run_scenario(
     (faster than real time). ``gnss`` ``pty``: the agent reads the NMEA from the bench's pty as
     a serial receiver;
     ``gpsd``: a real gpsd on 127.0.0.1 reads the pty and the agent is its client.
+    ``mqtt`` (``embedded`` or ``HOST:PORT``): the agent publishes to a broker and the events
+    are judged from what the bench hears on the cell's attestation topic (``MqttWatch``).
     ``overrides`` are ``section.key=value`` settings for the agent (as ``acc-agent --set``)."""
     from agent.config import load_config
     from agent.keystore import ensure_device_key
@@ -473,6 +567,7 @@ async def run_scenario(
     os.set_blocking(master, False)
     observed = Observed()
     gpsd: GpsdProcess | None = None
+    watch: MqttWatch | None = None
     try:
         await asyncio.to_thread(ensure_device_key, data_dir)
         raw = agent_config(sc, data_dir, os.ttyname(slave), diag, multicast=mode == "process")
@@ -480,6 +575,10 @@ async def run_scenario(
             gpsd = await GpsdProcess.start(os.ttyname(slave), sock_dir)
             raw["gnss"] = {"backend": "gpsd", "host": "127.0.0.1", "port": gpsd.port}
             observed.notes["gnss"] = f"gpsd {gpsd.version} on 127.0.0.1:{gpsd.port} reading the bench's pty"
+        if mqtt is not None:
+            watch = MqttWatch(mqtt, sock_dir)
+            await asyncio.to_thread(watch.start)
+            raw["mqtt"] = watch.agent_config()
         cfg_path = workdir / "agent.toml"
         cfg_path.write_text(
             "# generated by acc-bench for scenario " + sc.name + "\n" + "\n".join(dump_toml(raw)) + "\n"
@@ -512,7 +611,16 @@ async def run_scenario(
         if sc.faults.any:
             observed.notes["faults"] = report
         observed.events = _driving_events(data_dir, observed.t0_utc)
+        if watch is not None:
+            heard, counts = watch.events(observed.t0_utc)
+            in_chain = len(observed.events)
+            observed.events = heard  # judged from what the backend receives
+            counts["driving events"] = len(heard)
+            counts["driving events in the agent's chain"] = in_chain
+            observed.notes["mqtt"] = counts
     finally:
+        if watch is not None:
+            await asyncio.to_thread(watch.stop)
         if gpsd is not None:
             await gpsd.stop()
         for fd in (master, slave):
@@ -695,30 +803,33 @@ def _remove_socket_dir(sock_dir: Path) -> None:
         sock_dir.rmdir()
 
 
+def _event_of(att: Any, t0_utc: float) -> Any:
+    """A ``driving_event`` attestation as an event timed from the start of the drive
+    (attestation time minus the event's duration)."""
+    from tools.bench_scenario import ObservedEvent
+
+    body = att.body
+    duration = float(body.get("duration", 0.0))
+    return ObservedEvent(
+        kind=str(body["event"]),
+        t=att.time - duration - t0_utc,
+        severity=float(body.get("severity", 0.0)),
+        duration=duration,
+        seq=att.seq,
+        tsrc=str(att.time_source),
+    )
+
+
 def _driving_events(data_dir: Path, t0_utc: float) -> list[Any]:
-    """The ``driving_event`` attestations in the attestor's chain directory, as events timed
-    from the start of the drive (attestation time minus the event's duration)."""
+    """The ``driving_event`` attestations in the attestor's chain directory, as events."""
     from agent.attestor import chain_dir
     from ledger_lite.attestation import decode_attestation
-    from tools.bench_scenario import ObservedEvent
 
     events = []
     for path in sorted(chain_dir(data_dir).glob("*.cose")):
         att = decode_attestation(path.read_bytes())
-        if att.kind != "driving_event":
-            continue
-        body = att.body
-        duration = float(body.get("duration", 0.0))
-        events.append(
-            ObservedEvent(
-                kind=str(body["event"]),
-                t=att.time - duration - t0_utc,
-                severity=float(body.get("severity", 0.0)),
-                duration=duration,
-                seq=att.seq,
-                tsrc=str(att.time_source),
-            )
-        )
+        if att.kind == "driving_event":
+            events.append(_event_of(att, t0_utc))
     return events
 
 
@@ -739,7 +850,16 @@ def run_scenario_command(args: argparse.Namespace, out: IO[str]) -> int:
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix=f"acc-bench-{sc.name.replace(' ', '_')[:20]}-"))).resolve()
     try:
         report = asyncio.run(
-            run_scenario(sc, workdir, overrides=args.set, out=out, mode=args.agent, gnss=args.gnss, speed=args.speed)
+            run_scenario(
+                sc,
+                workdir,
+                overrides=args.set,
+                out=out,
+                mode=args.agent,
+                gnss=args.gnss,
+                speed=args.speed,
+                mqtt=args.mqtt,
+            )
         )
     except ScenarioError as err:
         sys.stderr.write(f"acc-bench: {err}\n")
@@ -805,6 +925,14 @@ def build_parser() -> argparse.ArgumentParser:
         "udp_multicast buses (only in a private network namespace: see --netns)",
     )
     sc.add_argument("--netns", action="store_true", help="with --agent process: run in a new private netns (root)")
+    sc.add_argument(
+        "--mqtt",
+        nargs="?",
+        const="embedded",
+        metavar="HOST:PORT",
+        help="the agent publishes to MQTT (a Mosquitto started on 127.0.0.1, or HOST:PORT) and the events "
+        "are judged from the attestations the bench hears on the cell's topic",
+    )
     sc.add_argument(
         "--speed",
         type=float,
