@@ -549,6 +549,64 @@ def _nmea_angle(value: float, width: int) -> str:
 _DRIVE, _STOP_HOLD, _EMERGENCY, _EMERGENCY_HOLD, _FINISHED = range(5)
 
 
+_SIG_VALUE, _SIG_MUX, _SIG_COUNTER = range(3)
+
+
+@dataclass(frozen=True, slots=True)
+class _FramePlan:
+    """How one cyclic DBC message is filled, worked out once per vehicle: for every page of
+    a multiplexed message (``None`` for a plain one) the signals it carries, in DBC order,
+    as (name, kind, lower clamp, upper clamp)."""
+
+    message: Any
+    name: str
+    channel: str
+    period: int
+    frame_id: int
+    is_extended_id: bool
+    is_fd: bool
+    #: multiplexer values cycled through, in order (empty: not multiplexed)
+    pages: tuple[int, ...]
+    fields: dict[int | None, tuple[tuple[str, int, float, float], ...]]
+    #: the rolling counter wraps at this (0: the message has no ``*_Counter`` signal)
+    counter_modulus: int
+
+    @classmethod
+    def build(cls, msg: Any, channel: str, period: int) -> _FramePlan:
+        pages: tuple[int, ...] = ()
+        if msg.is_multiplexed():
+            pages = tuple(sorted({mid for s in msg.signals for mid in (s.multiplexer_ids or ())}))
+        fields: dict[int | None, tuple[tuple[str, int, float, float], ...]] = {}
+        for page in pages or (None,):
+            rows: list[tuple[str, int, float, float]] = []
+            for sig in msg.signals:
+                if sig.is_multiplexer:
+                    rows.append((sig.name, _SIG_MUX, -math.inf, math.inf))
+                    continue
+                if sig.multiplexer_ids is not None and page not in sig.multiplexer_ids:
+                    continue
+                if sig.name.endswith("_Counter"):
+                    rows.append((sig.name, _SIG_COUNTER, -math.inf, math.inf))
+                    continue
+                lo = sig.minimum if sig.minimum is not None else -math.inf
+                hi = sig.maximum if sig.maximum is not None else math.inf
+                rows.append((sig.name, _SIG_VALUE, lo, hi))
+            fields[page] = tuple(rows)
+        counter = next((s for s in msg.signals if s.name.endswith("_Counter")), None)
+        return cls(
+            message=msg,
+            name=msg.name,
+            channel=channel,
+            period=period,
+            frame_id=msg.frame_id,
+            is_extended_id=msg.is_extended_frame,
+            is_fd=msg.is_fd,
+            pages=pages,
+            fields=fields,
+            counter_modulus=0 if counter is None else int(counter.maximum or 15) + 1,
+        )
+
+
 class SimVehicle:
     """The simulated test vehicle (sans-IO, deterministic for a given seed).
 
@@ -594,6 +652,7 @@ class SimVehicle:
         self._messages = self._load_dbcs()
         self._counters: dict[str, int] = {m.name: 0 for m, _, _ in self._messages}
         self._pages: dict[str, int] = {m.name: 0 for m, _, _ in self._messages}
+        self._plans = [_FramePlan.build(m, channel, period) for m, channel, period in self._messages]
 
         self._start_monotonic = start_monotonic
         self._start_utc = start_utc
@@ -1068,52 +1127,54 @@ class SimVehicle:
     # -- outputs --------------------------------------------------------------------------
 
     def _emit_frames(self, k: int, truth: VehicleTruth) -> None:
+        # the hot path (~420 frames/s per car, hundreds of cars in one acc-sim process): the
+        # per-message layout is precomputed (_FramePlan), values are clamped to the DBC ranges
+        # here, so cantools' strict re-validation of every frame is skipped (same bytes)
         values: dict[str, float] | None = None
-        for msg, channel, period in self._messages:
-            if k % period:
+        frames = self._frames
+        max_pending = self.config.max_pending_frames
+        trace = log.isEnabledFor(TRACE)
+        counters = self._counters
+        for plan in self._plans:
+            if k % plan.period:
                 continue
             if values is None:
                 values = self._signal_values(truth)
+            name = plan.name
+            page: int | None = None
+            if plan.pages:
+                n = self._pages[name]
+                page = plan.pages[n % len(plan.pages)]
+                self._pages[name] = n + 1
+            counter = counters[name]
             data: dict[str, float] = {}
-            page = None
-            if msg.is_multiplexed():
-                pages = sorted({mid for s in msg.signals for mid in (s.multiplexer_ids or ())})
-                page = pages[self._pages[msg.name] % len(pages)]
-                self._pages[msg.name] += 1
-            for sig in msg.signals:
-                if sig.is_multiplexer:
-                    data[sig.name] = page if page is not None else 0
-                    continue
-                if sig.multiplexer_ids is not None and page not in sig.multiplexer_ids:
-                    continue
-                if sig.name.endswith("_Counter"):
-                    data[sig.name] = self._counters[msg.name]
-                    continue
-                value = values[sig.name]
-                lo = sig.minimum if sig.minimum is not None else -math.inf
-                hi = sig.maximum if sig.maximum is not None else math.inf
-                data[sig.name] = min(max(value, lo), hi)
-            if any(s.name.endswith("_Counter") for s in msg.signals):
-                counter = next(s for s in msg.signals if s.name.endswith("_Counter"))
-                self._counters[msg.name] = (self._counters[msg.name] + 1) % (int(counter.maximum or 15) + 1)
-            payload = msg.encode(data, scaling=True, strict=True)
+            for sig, kind, lo, hi in plan.fields[page]:
+                if kind == _SIG_VALUE:
+                    data[sig] = min(max(values[sig], lo), hi)
+                elif kind == _SIG_MUX:
+                    data[sig] = page if page is not None else 0
+                else:
+                    data[sig] = counter
+            if plan.counter_modulus:
+                counters[name] = (counter + 1) % plan.counter_modulus
             frame = CanFrame(
-                arbitration_id=msg.frame_id,
-                data=bytes(payload),
-                is_extended_id=msg.is_extended_frame,
-                is_fd=msg.is_fd,
+                arbitration_id=plan.frame_id,
+                data=bytes(plan.message.encode(data, scaling=True, strict=False)),
+                is_extended_id=plan.is_extended_id,
+                is_fd=plan.is_fd,
                 is_rx=False,
-                channel=channel,
+                channel=plan.channel,
                 timestamp=truth.timestamp,
                 monotonic=truth.monotonic,
             )
-            if len(self._frames) >= self.config.max_pending_frames:
-                self._frames.popleft()
+            if len(frames) >= max_pending:
+                frames.popleft()
                 if not self.dropped_frames:
                     log.warning("frames_due is not drained; dropping the oldest simulated frames")
                 self.dropped_frames += 1
-            self._frames.append(frame)
-            log.log(TRACE, "sim frame %s", frame.candump())
+            frames.append(frame)
+            if trace:
+                log.log(TRACE, "sim frame %s", frame.candump())
 
     def _emit_nmea(self, tr: VehicleTruth) -> None:
         cfg = self.config
