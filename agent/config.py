@@ -192,6 +192,11 @@ class LedgerConfig:
     timeout_vote: float = _doc("prevote/precommit timeout of round 0, seconds (grows by half per round)", 1.0)
     rebroadcast: float = _doc("re-send own consensus messages of a height stuck this long, seconds", 2.0)
     mempool_txs: int = _doc("transactions the mempool holds; new ones are refused beyond (senders retry)", 20000)
+    stall_after: float = _doc(
+        "RSU: health ledger degraded when no block was committed for this long, seconds (a live cell commits "
+        "a block, empty or not, every block_interval + a round)",
+        20.0,
+    )
 
 
 @dataclass(frozen=True)

@@ -248,11 +248,13 @@ class Agent:
         self.pc5 = build_pc5(self)
         for name, run in self.pc5.services:
             self.supervisor.add(name, run)
-        checkers = [s.check for s in self.can_services]
+        checkers: list[Callable[[float], None]] = [s.check for s in self.can_services]
         if self.gnss_service is not None:
             checkers.append(self.gnss_service.check)
         if self.camera_service is not None:
             checkers.append(self.camera_service.check)
+        if cfg.ledger.enabled and cfg.agent.role == "rsu":
+            checkers.append(self._ledger_check())
         wd = watchdog_interval() if cfg.agent.watchdog else None
         health = HealthService(self.health, self.clock, checkers, self.notifier, watchdog=wd)
         self.supervisor.add("health", health.run)
@@ -376,6 +378,30 @@ class Agent:
                 await asyncio.to_thread(node.close)
 
         self.supervisor.add("ledger", run)
+
+    def _ledger_check(self) -> Callable[[float], None]:
+        """Health ``ledger`` of an RSU: degraded while no block has been committed for
+        ``ledger.stall_after`` seconds (consensus stuck: too few validators reachable, or a
+        starved CPU), ok again at the next commit."""
+        last = {"height": -1, "since": self.clock.monotonic()}
+        limit = self.config.ledger.stall_after
+
+        def check(now: float) -> None:
+            node = self.ledger
+            if node is None:
+                return
+            if node.height != last["height"]:
+                last["height"], last["since"] = node.height, now
+                self.health.ok("ledger", f"{node.genesis.chain_id} at height {node.height}")
+            elif now - last["since"] > limit:
+                self.health.degraded(
+                    "ledger",
+                    f"no block committed for {now - last['since']:.0f} s (height {node.height}, "
+                    f"consensus at height {node.state.height} round {node.state.round}, "
+                    f"{len(node.peers)} peer(s) heard)",
+                )
+
+        return check
 
     def _build_receipts(self) -> None:
         """An OBU: light clients of the cells it sends to, verifying receipts that retire outbox

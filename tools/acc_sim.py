@@ -125,7 +125,8 @@ async def run_world(spec: SimSpec, duration: float, root: Path, host: str, port:
     await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
     world = World(spec, root, host, port)  # before any task runs: keys, credentials, geneses, agents
     watch = Watch(world)
-    evaluating = asyncio.create_task(asyncio.to_thread(FlEvaluator)) if spec.fl else None
+    evaluator = FlEvaluator() if spec.fl else None  # its own process (the second core)
+    baseline = asyncio.create_task(evaluator.score(None)) if evaluator is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -135,9 +136,9 @@ async def run_world(spec: SimSpec, duration: float, root: Path, host: str, port:
         last_tx, last_t = 0, time.monotonic()
         while True:
             await asyncio.sleep(1.0)
-            if evaluating is not None and evaluating.done() and watch.evaluator is None:
-                watch.evaluator = evaluating.result()
-                watch.fl_baseline = await asyncio.to_thread(watch.evaluator.score, watch.evaluator.start_weights)
+            if baseline is not None and baseline.done() and watch.evaluator is None:
+                watch.fl_baseline = baseline.result()
+                watch.evaluator = evaluator
             await watch.sample()
             now = time.monotonic()
             tx = sum(watch.txs.values())
@@ -169,8 +170,12 @@ async def run_world(spec: SimSpec, duration: float, root: Path, host: str, port:
     for a in world.agents():
         a.request_stop()
     await main
-    if evaluating is not None and not evaluating.done():
-        evaluating.cancel()
+    if baseline is not None and not baseline.done():
+        baseline.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await baseline
+    if evaluator is not None:
+        evaluator.close()
     return report_dict(watch, spec, elapsed, end)
 
 

@@ -225,10 +225,8 @@ def obu_config(
 # --------------------------------------------------------------------------- the FL yardstick
 
 
-class FlEvaluator:
-    """Accuracy and macro-F1 of a cell's models on windows no model was trained on: the
-    reference drives held apart by ``models.dataset.split_drives`` (as ``tools/build_models.py``
-    holds them apart) and three fresh simulated drives (seeds outside ``SIM_SEEDS``)."""
+class _EvalSet:
+    """The evaluation windows and a model to score weights with (in the evaluator's process)."""
 
     def __init__(self) -> None:
         from agent.fl import initial_model
@@ -242,12 +240,11 @@ class FlEvaluator:
         parts = [drive_windows(d) for d in drives]
         self.x = np.concatenate([p[0] for p in parts])
         self.y = np.concatenate([p[1] for p in parts])
-        self.source = (
-            f"{sum(1 for d in drives if not d.drive_id.startswith('sim'))} held-apart reference drives + 3 simulated"
-        )
+        n_ref = sum(1 for d in drives if not d.drive_id.startswith("sim"))
+        self.source = f"{n_ref} held-apart reference drives + 3 simulated ({len(self.y)} windows)"
 
-    def score(self, weights: np.ndarray) -> dict[str, float]:
-        self.model.set_weights(weights)
+    def score(self, weights: np.ndarray | None) -> dict[str, Any]:
+        self.model.set_weights(self.start_weights if weights is None else weights)
         pred = np.asarray(self.model.infer(self.x)).argmax(axis=1)
         f1s = []
         for c in np.unique(self.y):
@@ -255,7 +252,46 @@ class FlEvaluator:
             prec = tp / max(1.0, float(np.sum(pred == c)))
             rec = tp / max(1.0, float(np.sum(self.y == c)))
             f1s.append(0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec))
-        return {"accuracy": round(float(np.mean(pred == self.y)), 4), "macro_f1": round(float(np.mean(f1s)), 4)}
+        return {
+            "accuracy": round(float(np.mean(pred == self.y)), 4),
+            "macro_f1": round(float(np.mean(f1s)), 4),
+            "source": self.source,
+        }
+
+
+_EVAL: _EvalSet | None = None
+
+
+def _eval_score(weights: np.ndarray | None) -> dict[str, Any]:
+    global _EVAL  # noqa: PLW0603 - one evaluation set per worker process, built on first use
+    if _EVAL is None:
+        _EVAL = _EvalSet()
+    return _EVAL.score(weights)
+
+
+class FlEvaluator:
+    """Accuracy and macro-F1 of a cell's models on windows no model was trained on: the
+    reference drives held apart by ``models.dataset.split_drives`` (as ``tools/build_models.py``
+    holds them apart) and three fresh simulated drives (seeds outside ``SIM_SEEDS``).
+
+    It runs in a worker process of its own: building the set (~3 s of CPU) and scoring hold
+    the GIL, and in the agents' process they made every OBU miss fusion ticks."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self.source: str | None = None
+
+    async def score(self, weights: np.ndarray | None) -> dict[str, Any]:
+        """Scores of ``weights`` (None: the shipped start model)."""
+        out = await asyncio.get_running_loop().run_in_executor(self._pool, _eval_score, weights)
+        self.source = str(out.pop("source"))
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- the world
@@ -406,9 +442,9 @@ class Watch:
             return
         self._fl_seen[cell] = coord.counters["rounds"]
         last = coord.history[-1]
-        score: dict[str, float] = {}
+        score: dict[str, Any] = {}
         if self.evaluator is not None:
-            score = await asyncio.to_thread(self.evaluator.score, np.array(coord.weights, copy=True))
+            score = await self.evaluator.score(np.array(coord.weights, copy=True))
         self.fl_rounds.append(
             {
                 "cell": cell,

@@ -130,3 +130,39 @@ async def test_diagnostics_socket_answers_and_survives_garbage(tmp_path: Path) -
 def test_query_without_agent_says_so(tmp_path: Path) -> None:
     with pytest.raises(DiagError, match="is acc-agent running"):
         query(tmp_path / "absent.sock", "status")
+
+
+def test_rsu_ledger_health_degrades_when_no_block_commits(tmp_path: Path) -> None:
+    """A cell whose consensus is stuck (here: a node whose height stays put) shows as degraded
+    after ``ledger.stall_after`` seconds, and ok again at the next commit."""
+    from types import SimpleNamespace
+
+    from agent.config import load_config
+    from agent.runtime import Agent
+
+    clock = SimulatedClock()
+    (tmp_path / "g.json").write_text("{}")  # only checked for existence here
+    cfg = load_config(
+        base={
+            "agent": {"role": "rsu", "data_dir": str(tmp_path)},
+            "mqtt": {"enabled": True, "cell": "cell-x"},
+            "ledger": {"enabled": True, "genesis_file": str(tmp_path / "g.json"), "stall_after": 10.0},
+        },
+        env={},
+    )
+    agent = Agent(cfg, clock=clock, handle_signals=False)
+    check = agent._ledger_check()  # noqa: SLF001 - the health checker on its own
+    node = SimpleNamespace(
+        height=5, genesis=SimpleNamespace(chain_id="cell-x"), state=SimpleNamespace(height=6, round=3), peers={}
+    )
+    agent.ledger = node  # type: ignore[assignment]
+    check(100.0)
+    assert agent.health.snapshot()["ledger"].status is Status.OK
+    check(109.0)
+    assert agent.health.snapshot()["ledger"].status is Status.OK
+    check(111.0)
+    h = agent.health.snapshot()["ledger"]
+    assert h.status is Status.DEGRADED and "no block committed for 11 s (height 5" in h.reason and "round 3" in h.reason
+    node.height = 6
+    check(112.0)
+    assert agent.health.snapshot()["ledger"].status is Status.OK
