@@ -14,14 +14,9 @@ retired by a verified receipt) and no subsystem of any agent failed. The figure 
 passing M.
 
 FL and PC5: both on in the full run (the honest default: the real pipeline, including every
-OBU's local training and the RSUs' aggregation each round). What is left out by default is
-acc-sim's *FL evaluator*: a thread of its watcher (not of any agent) that builds an evaluation
-set (held-apart reference drives + three freshly simulated drives) and scores every committed
-model for the report. It holds the GIL for seconds at start-up and alone makes 4-6 OBUs miss
-fusion ticks at half a core; the child acc-sim here runs with a stub in its place (FL rounds
-run as before, the report's accuracy is None). ``--fl-eval`` keeps it (acc-sim exactly as
-shipped). ``--quick`` turns FL off: a 12 s step is shorter than one FL round; ``--fl`` forces
-it on.
+OBU's local training and the RSUs' aggregation each round, and acc-sim's FL evaluator, which
+scores each committed model in a worker process of its own). ``--quick`` turns FL off: a 12 s
+step is shorter than one FL round; ``--fl`` forces it on.
 
 Baseline, same run: bare simulated cars, no agent at all: ``SimVehicle`` driven by the real
 ``run_sim`` into the same two python-can ``virtual`` buses per car through ``PythonCanPort``
@@ -140,32 +135,10 @@ def baseline(seconds: float) -> dict[str, float]:
 # --------------------------------------------------------------------------------- acc-sim ladder
 
 
-class NoFlEvaluator:
-    """Stands in for acc-sim's FL evaluator (its watcher's report scoring, no agent's work)."""
-
-    start_weights = None
-    source = "not scored (tools.bench.sim_scale runs acc-sim without its FL evaluator)"
-
-    def score(self, weights: object) -> dict[str, float | None]:
-        return {"accuracy": None, "macro_f1": None}
-
-
-def acc_sim_child() -> None:
-    """``acc-sim`` with ``sys.argv[1:]``, its FL evaluator replaced by ``NoFlEvaluator``."""
-    import tools.acc_sim as acc_sim
-
-    acc_sim.FlEvaluator = NoFlEvaluator  # type: ignore[attr-defined,assignment]
-    sys.exit(acc_sim.main(sys.argv[1:]))
-
-
-def run_step(obus: int, duration: float, root: Path, *, fl: bool, pc5: bool, fl_eval: bool) -> dict[str, Any]:
+def run_step(obus: int, duration: float, root: Path, *, fl: bool, pc5: bool) -> dict[str, Any]:
     """One acc-sim run with ``obus`` OBUs; the step's row (``passed`` and the figures)."""
     work = root / f"m{obus:04d}"
-    if fl_eval:
-        cmd = [sys.executable, "-m", "tools.acc_sim"]
-    else:
-        cmd = [sys.executable, "-c", "import sys; from tools.bench.sim_scale import acc_sim_child; acc_sim_child()"]
-    cmd += ["--rsus", str(RSUS), "--obus", str(obus)]
+    cmd = [sys.executable, "-m", "tools.acc_sim", "--rsus", str(RSUS), "--obus", str(obus)]
     cmd += ["--duration", str(duration), "--report", str(work / "report"), "--data-dir", str(work / "data")]
     if not fl:
         cmd.append("--no-fl")
@@ -233,17 +206,15 @@ def print_row(row: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def ladder(
-    steps: list[int], duration: float, root: Path, *, fl: bool, pc5: bool, fl_eval: bool, bisect: bool
-) -> list[dict[str, Any]]:
+def ladder(steps: list[int], duration: float, root: Path, *, fl: bool, pc5: bool, bisect: bool) -> list[dict[str, Any]]:
     sys.stdout.write(
         f"acc-sim --rsus {RSUS}, {duration:g} s per step, FL {'on' if fl else 'off'}"
-        f"{' (with acc-sim FL evaluator)' if fl and fl_eval else ''}, PC5 {'on' if pc5 else 'off'}\n"
+        f", PC5 {'on' if pc5 else 'off'}\n"
         "  OBUs  min Hz  med Hz   CPU  RSS MiB  blocks  made/receipted  verdict\n"
     )
     rows: list[dict[str, Any]] = []
     for m in steps:
-        row = run_step(m, duration, root, fl=fl, pc5=pc5, fl_eval=fl_eval)
+        row = run_step(m, duration, root, fl=fl, pc5=pc5)
         print_row(row)
         rows.append(row)
         if not row["passed"]:
@@ -252,7 +223,7 @@ def ladder(
     failed = [r["obus"] for r in rows if not r["passed"]]
     if bisect and passed and failed and failed[0] - max(passed) > 2:
         mid = (max(passed) + failed[0]) // 2
-        row = run_step(mid, duration, root, fl=fl, pc5=pc5, fl_eval=fl_eval)
+        row = run_step(mid, duration, root, fl=fl, pc5=pc5)
         print_row(row)
         rows.append(row)
     return rows
@@ -274,7 +245,6 @@ def main(argv: list[str] | None = None) -> None:
     fl.add_argument("--fl", dest="fl", action="store_true", default=None, help="FL on (default: on, quick off)")
     fl.add_argument("--no-fl", dest="fl", action="store_false", help="FL off")
     ap.add_argument("--no-pc5", action="store_true", help="PC5 sidelink off")
-    ap.add_argument("--fl-eval", action="store_true", help="keep acc-sim's FL evaluator (its watcher's scoring)")
     ap.add_argument("--no-bisect", action="store_true", help="do not bisect after the first failing step")
     ap.add_argument("--keep", type=Path, metavar="DIR", help="keep every step's acc-sim log and report here")
     args = ap.parse_args(argv)
@@ -292,9 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="sim-scale-") as tmp:
         root = args.keep or Path(tmp)
-        rows = ladder(
-            steps, duration, root, fl=use_fl, pc5=pc5, fl_eval=args.fl_eval, bisect=not (args.quick or args.no_bisect)
-        )
+        rows = ladder(steps, duration, root, fl=use_fl, pc5=pc5, bisect=not (args.quick or args.no_bisect))
     passed = [r["obus"] for r in rows if r["passed"]]
     value = max(passed, default=0)
     failed = sorted(r["obus"] for r in rows if not r["passed"] and r["obus"] > value)
@@ -310,7 +278,6 @@ def main(argv: list[str] | None = None) -> None:
         "ratio": round(value / bare, 3),
         "rsus": RSUS,
         "fl": use_fl,
-        "fl_evaluator": use_fl and args.fl_eval,
         "pc5": pc5,
         "seconds_per_step": duration,
         # every step passed: the figure is the ladder's top, not the limit
