@@ -6,8 +6,10 @@ each (the cell ledger by BFT consensus; the first RSU announces the cell, admits
 coordinates federated learning) on a real Mosquitto. OBUs join the cell they are in and hand
 over when they cross; they attest (summaries every 2 s, driving events) and retire outbox
 entries on verified receipts, exchange CAM/DENM on the emulated PC5 sidelink, and train in FL
-rounds. All agents are asyncio tasks of this one process: python-can's virtual bus connects
-only the buses of one process, and tasks keep an OBU cheap (see BENCHMARKS.md for how many fit).
+rounds. The OBU agents are asyncio tasks of this process (python-can's virtual bus connects
+only the buses of one process, and tasks keep an OBU cheap: see BENCHMARKS.md for how many fit),
+the RSU agents tasks of one child process (``tools.sim_rsus``: a core of their own), the FL
+evaluator a worker process; docs/sim.md says why.
 
     acc-sim --obus 4 --duration 30
     acc-sim --rsus 4 --obus 8 --cells 2 --duration 120 --report out/
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +40,7 @@ from agent import exitcodes
 from agent.config import ConfigError, load_config
 from agent.demo import SimulatedObu, TruthTracker, demo_base_config
 from agent.logsetup import setup_logging
-from tools.sim_world import FlEvaluator, SimSpec, Watch, World, report_dict
+from tools.sim_world import FlEvaluator, ModelTap, RsuProcess, SimSpec, Watch, World, report_dict
 
 
 class Tracker(TruthTracker):
@@ -121,21 +124,30 @@ async def run(obus: int, duration: float, data_root: Path, out: Any) -> list[dic
 
 
 async def run_world(spec: SimSpec, duration: float, root: Path, host: str, port: int, out: Any) -> dict[str, Any]:
-    """The cells and OBUs of ``spec`` in this process on the broker at host:port; the report."""
+    """The cells of ``spec`` (their RSUs in a child process) and its OBUs (in this process) on
+    the broker at host:port, for ``duration`` seconds; the report."""
     await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
-    world = World(spec, root, host, port)  # before any task runs: keys, credentials, geneses, agents
-    watch = Watch(world)
-    evaluator = FlEvaluator() if spec.fl else None  # its own process (the second core)
+    sock_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="acc-sim-"))
+    world = World(spec, root, host, port, sock_dir)  # before any task runs: keys, credentials, geneses
+    rsus = RsuProcess(world, root / "rsus.log")
+    tap = ModelTap(host, port)
+    evaluator = FlEvaluator() if spec.fl else None  # its own process too
     baseline = asyncio.create_task(evaluator.score(None)) if evaluator is not None else None
+    watch = Watch(world, rsus=rsus, models=tap if spec.fl else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    died: list[str] = []
 
     async def live() -> None:
         last_tx, last_t = 0, time.monotonic()
         while True:
             await asyncio.sleep(1.0)
+            if (why := rsus.died()) is not None:
+                died.append(why)
+                stop.set()
+                return
             if baseline is not None and baseline.done() and watch.evaluator is None:
                 watch.fl_baseline = baseline.result()
                 watch.evaluator = evaluator
@@ -147,36 +159,46 @@ async def run_world(spec: SimSpec, duration: float, root: Path, host: str, port:
             out.write(watch.live_line(rate) + "\n")
             out.flush()
 
-    async def run_all() -> None:
+    async def run_obus() -> None:
         async with asyncio.TaskGroup() as tg:
-            for a in (a for rs in world.rsus.values() for a in rs):
-                tg.create_task(a.run(None))
             for sim in world.obus:
                 tg.create_task(sim.run(None))
 
-    main = asyncio.create_task(run_all())
-    ticker = asyncio.create_task(live())
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({main, stopper}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
-    for task in (ticker, stopper):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    if not main.done():
-        await watch.sample()  # the final state, before the agents close their stores
-    watch.final_heights = watch.heights()
-    end = time.time()
-    elapsed = watch.now()
-    for a in world.agents():
-        a.request_stop()
-    await main
-    if baseline is not None and not baseline.done():
-        baseline.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await baseline
-    if evaluator is not None:
-        evaluator.close()
-    return report_dict(watch, spec, elapsed, end)
+    try:
+        await rsus.start()
+        if spec.fl:
+            await asyncio.to_thread(tap.start)
+        main = asyncio.create_task(run_obus())
+        ticker = asyncio.create_task(live())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({main, stopper}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+        for task in (ticker, stopper):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if not main.done():
+            await watch.sample()  # the final state, before the agents close their stores
+        watch.final_heights = watch.heights()
+        end = time.time()
+        elapsed = watch.now()
+        for a in world.agents():
+            a.request_stop()
+        await main
+    finally:
+        await rsus.stop()
+        await asyncio.to_thread(tap.stop)
+        if baseline is not None and not baseline.done():
+            baseline.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await baseline
+        if evaluator is not None:
+            evaluator.close()
+        await asyncio.to_thread(shutil.rmtree, sock_dir, True)
+    rep = report_dict(watch, spec, elapsed, end)
+    if died:
+        rep["ok"] = False
+        rep["health_failures"].append({"t": elapsed, "node": "rsus", "subsystem": "process", "reason": died[0]})
+    return rep
 
 
 def summary_text(rep: dict[str, Any]) -> str:

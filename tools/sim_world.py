@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -37,6 +38,10 @@ from ledger_lite.didkey import did_key
 from ledger_lite.keys import KeyAgreementPrivateKey, SigningKey
 from ledger_lite.pseudonym import PseudonymAuthority
 from models.rules import point_in_polygon
+
+log = logging.getLogger(__name__)
+
+REPO = str(Path(__file__).resolve().parent.parent)
 
 ONE_CELL = ("sim-cell",)
 TWO_CELLS = ("sim-west", "sim-east")
@@ -139,14 +144,22 @@ def write_genesis(path: Path, cell: str, dids: list[str], authority: str, models
 
 
 def rsu_config(
-    spec: SimSpec, cell: str, i: int, data_dir: Path, host: str, port: int, genesis: Path, auth: Authorities
+    spec: SimSpec,
+    cell: str,
+    i: int,
+    data_dir: Path,
+    host: str,
+    port: int,
+    genesis: Path,
+    auth: Authorities,
+    diag_socket: Path,
 ) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "agent": {
             "role": "rsu",
             "node_id": f"{cell}-rsu{i}",
             "data_dir": str(data_dir),
-            "diag_socket": str(data_dir / "diag.sock"),
+            "diag_socket": str(diag_socket),
             "log_level": "warning",
             "watchdog": False,
         },
@@ -298,9 +311,10 @@ class FlEvaluator:
 
 
 class World:
-    """Provisioned agents of one run (not started)."""
+    """Provisioned agents of one run (not started): the RSUs as configurations for their own
+    process (``RsuProcess``), the OBUs as agents of this one."""
 
-    def __init__(self, spec: SimSpec, root: Path, host: str, port: int) -> None:
+    def __init__(self, spec: SimSpec, root: Path, host: str, port: int, sock_dir: Path) -> None:
         self.spec = spec
         self.root = root
         route = Route.default()
@@ -310,21 +324,21 @@ class World:
         models = (start_model(),) if spec.fl else ()
         geneses = root / "geneses"
         geneses.mkdir(parents=True, exist_ok=True)
-        self.rsus: dict[str, list[Agent]] = {}
+        self.rsu_configs: list[dict[str, Any]] = []
+        #: cell -> its RSUs' (node id, diagnostics socket)
+        self.rsus: dict[str, list[tuple[str, Path]]] = {}
         for cell in self.cells:
             dirs = [root / cell / f"rsu{i}" for i in range(spec.rsus)]
             dids = [ensure_device_key(d).did for d in dirs]
             write_genesis(geneses / f"{cell}.json", cell, dids, self.auth.road_did, models)
             self.auth.validator_credential(dids[0], cell, dirs[0] / "validator.cose")
-            self.rsus[cell] = [
-                Agent(
-                    load_config(
-                        base=rsu_config(spec, cell, i, d, host, port, geneses / f"{cell}.json", self.auth), env={}
-                    ),
-                    handle_signals=False,
-                )
-                for i, d in enumerate(dirs)
-            ]
+            self.rsus[cell] = []
+            for i, d in enumerate(dirs):
+                sock = sock_dir / f"{cell}-rsu{i}.sock"  # short: a Unix socket path is <= 108 bytes
+                cfg = rsu_config(spec, cell, i, d, host, port, geneses / f"{cell}.json", self.auth, sock)
+                load_config(base=cfg, env={})  # a bad one is refused here, not in the child
+                self.rsu_configs.append(cfg)
+                self.rsus[cell].append((cfg["agent"]["node_id"], sock))
         self.obus: list[SimulatedObu] = []
         self.home: dict[str, str] = {}
         n_seg = len(route.segments)
@@ -345,7 +359,117 @@ class World:
             self.home[sim.agent.node_id] = home
 
     def agents(self) -> list[Agent]:
-        return [*(a for rs in self.rsus.values() for a in rs), *(o.agent for o in self.obus)]
+        """The agents of this process (the OBUs)."""
+        return [o.agent for o in self.obus]
+
+
+class RsuProcess:
+    """Every RSU agent of the run as a task of one child process (``python -m tools.sim_rsus``),
+    watched through their diagnostics sockets."""
+
+    def __init__(self, world: World, log_path: Path) -> None:
+        self.world = world
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.cpu_s: float | None = None
+        self.rss_mib: float | None = None
+
+    async def start(self) -> None:
+        import sys
+
+        cfg_path = self.world.root / "rsus.json"
+        await asyncio.to_thread(cfg_path.write_text, json.dumps(self.world.rsu_configs))
+        repo = REPO
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+        log = await asyncio.to_thread(self.log_path.open, "ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tools.sim_rsus", str(cfg_path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            )  # fmt: skip
+        finally:
+            log.close()
+
+    def died(self) -> str | None:
+        if self.proc is not None and self.proc.returncode is not None:
+            return f"the RSU process exited with status {self.proc.returncode} (log: {self.log_path})"
+        return None
+
+    async def poll(self) -> dict[str, dict[str, Any]]:
+        """node id -> its ``status``, ``ledger`` (and for a coordinator ``fl``) answers."""
+        from agent.diagnostics import DiagError, query
+
+        def one(sock: Path) -> dict[str, Any] | None:
+            try:
+                st = query(sock, "status", timeout=2.0)
+                st["ledger"] = query(sock, "ledger", timeout=2.0)
+                st["fl"] = query(sock, "fl", timeout=2.0)
+            except (DiagError, OSError):
+                return None
+            return dict(st)
+
+        nodes = [(n, sock) for rs in self.world.rsus.values() for n, sock in rs]
+        answers = await asyncio.gather(*(asyncio.to_thread(one, sock) for _n, sock in nodes))
+        return {n: a for (n, _s), a in zip(nodes, answers, strict=True) if a is not None}
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        with contextlib.suppress(Exception):  # the psutil figures are nice to have
+            import psutil
+
+            p = psutil.Process(proc.pid)
+            cpu = p.cpu_times()
+            self.cpu_s = cpu.user + cpu.system
+            self.rss_mib = round(p.memory_info().rss / 2**20, 1)
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 20.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+class ModelTap:
+    """The cells' FL models as an OBU receives them: a paho client subscribed to every cell's
+    retained ``fl/model`` topic, keeping the weights of each model id (signature checked)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.weights: dict[str, np.ndarray] = {}
+        self.client: Any = None
+
+    def start(self) -> None:
+        import paho.mqtt.client as paho
+
+        from agent import topics
+
+        c = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=f"acc-sim-fl-tap-{os.getpid()}", protocol=paho.MQTTv5
+        )
+        c.on_message = lambda _c, _u, msg: self._on_model(bytes(msg.payload))
+        c.connect(self.host, self.port)
+        c.loop_start()
+        c.subscribe(f"{topics.PREFIX}/cell/+/fl/model", qos=1)
+        self.client = c
+
+    def _on_model(self, data: bytes) -> None:
+        from agent.fl import _open_signed
+
+        try:
+            _did, body = _open_signed(data)
+            model = body["model"]
+            self.weights[bytes(model["id"]).hex()] = np.frombuffer(bytes(model["weights"]), dtype="<f4").copy()
+        except Exception as err:  # noqa: BLE001 - a bad message is the cell's problem, not the watcher's
+            log.warning("acc-sim: an FL model message could not be read: %s", err)
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.loop_stop()
+            self.client.disconnect()
+            self.client = None
 
 
 class Watch:
@@ -353,9 +477,18 @@ class Watch:
     attestations made, outbox counters, position, driving events, PC5 warnings and cell changes;
     FL rounds (scored by an ``FlEvaluator``); health transitions (into ``failed`` is a failure)."""
 
-    def __init__(self, world: World | None, evaluator: FlEvaluator | None = None) -> None:
+    def __init__(
+        self,
+        world: World | None,
+        evaluator: FlEvaluator | None = None,
+        rsus: RsuProcess | None = None,
+        models: ModelTap | None = None,
+    ) -> None:
         self.world = world
         self.evaluator = evaluator
+        self.rsu_process = rsus
+        self.models = models
+        self._rsu_heights: dict[str, int] = {}
         self.t0 = time.monotonic()
         cpu = os.times()
         self.cpu0 = cpu.user + cpu.system
@@ -393,9 +526,18 @@ class Watch:
         self.event_points.append({"t": self.now(), "node": node, "kind": kind, "lat": pos[0], "lon": pos[1], **extra})
 
     def heights(self) -> dict[str, int]:
-        if self.world is None:
-            return {}
-        return {a.node_id: a.ledger.height for rs in self.world.rsus.values() for a in rs if a.ledger is not None}
+        """The last height each RSU reported."""
+        return dict(self._rsu_heights)
+
+    def _note_health(self, node: str, health: dict[str, tuple[Status, str]], t: float) -> None:
+        for name, (status, reason) in health.items():
+            old = self._health.get((node, name))
+            if old != status:
+                self._health[(node, name)] = status
+                if old is not None or status is not Status.OK:
+                    self.event(node, f"health {name}: {status}{f' ({reason})' if reason else ''}")
+                if status is Status.FAILED:
+                    self.failures.append({"t": t, "node": node, "subsystem": name, "reason": reason})
 
     async def sample(self) -> None:
         if self.world is None:
@@ -403,23 +545,33 @@ class Watch:
         t = self.now()
         world = self.world
         for a in world.agents():
-            for name, h in a.health.snapshot().items():
-                old = self._health.get((a.node_id, name))
-                if old != h.status:
-                    self._health[(a.node_id, name)] = h.status
-                    if old is not None or h.status is not Status.OK:
-                        self.event(a.node_id, f"health {name}: {h.status}{f' ({h.reason})' if h.reason else ''}")
-                    if h.status is Status.FAILED:
-                        self.failures.append({"t": t, "node": a.node_id, "subsystem": name, "reason": h.reason})
+            self._note_health(a.node_id, {n: (h.status, h.reason) for n, h in a.health.snapshot().items()}, t)
+        answers = await self.rsu_process.poll() if self.rsu_process is not None else {}
+        for node, st in answers.items():
+            health = {
+                n: (Status[str(h["status"]).upper()], str(h.get("reason") or "")) for n, h in st["health"].items()
+            }
+            self._note_health(node, health, t)
+            self._rsu_heights[node] = int((st.get("ledger") or {}).get("height") or 0)
         for cell, rs in world.rsus.items():
-            nodes = [a.ledger for a in rs if a.ledger is not None]
-            top = max((n.height for n in nodes), default=0)
+            ledgers = [answers[n]["ledger"] for n, _s in rs if n in answers and answers[n].get("ledger")]
+            top = max((int(lg.get("height") or 0) for lg in ledgers), default=0)
             if self.height[cell] == 0 and top > 0:
                 self.event(cell, f"first block committed (height {top})")
             self.height[cell] = max(self.height[cell], top)
-            self.txs[cell] = max(self.txs[cell], max((n.counters.committed_txs for n in nodes), default=0))
+            txs = max((int(lg.get("committed_txs") or 0) for lg in ledgers), default=0)
+            self.txs[cell] = max(self.txs[cell], txs)
             self.ledger_series.append({"t": t, "cell": cell, "height": self.height[cell], "txs": self.txs[cell]})
-            await self._sample_fl(cell, rs)
+            coord = next(
+                (
+                    answers[n]["fl"]
+                    for n, _s in rs
+                    if n in answers and (answers[n].get("fl") or {}).get("role") == "coordinator"
+                ),
+                None,
+            )
+            self._sample_fl(cell, coord)
+        await self._score_rounds()
         for o in world.obus:
             await self._sample_obu(o, t)
 
@@ -430,34 +582,45 @@ class Watch:
             total[k] += n
         return total
 
-    async def _sample_fl(self, cell: str, rs: list[Agent]) -> None:
-        from agent.fl import FlCoordinator
-
-        coord = next((a.fl for a in rs if isinstance(a.fl, FlCoordinator)), None)
+    def _sample_fl(self, cell: str, coord: dict[str, Any] | None) -> None:
+        """New rounds in the coordinator's ``fl`` answer (its last five are kept there)."""
         if coord is None:
             return
         seen = self._fl_seen.get(cell, 0)
-        new = coord.counters["rounds"] - seen
-        if new <= 0:
+        done = int(coord.get("rounds") or 0)
+        if done <= seen:
             return
-        self._fl_seen[cell] = coord.counters["rounds"]
-        last = coord.history[-1]
-        score: dict[str, Any] = {}
-        if self.evaluator is not None:
-            score = await self.evaluator.score(np.array(coord.weights, copy=True))
-        self.fl_rounds.append(
-            {
-                "cell": cell,
-                "round": int(last["round"]),
-                "t": self.now(),
-                "model": str(last["model"]),
-                "participants": int(last["participants"]),
-                "rejected": len(last.get("rejected") or {}),
-                "accuracy": score.get("accuracy"),
-                "macro_f1": score.get("macro_f1"),
-            }
-        )
-        self.event(cell, f"FL round {last['round']} committed ({last['participants']} updates) {score or ''}")
+        self._fl_seen[cell] = done
+        for last in (coord.get("history") or [])[-(done - seen) :]:
+            self.fl_rounds.append(
+                {
+                    "cell": cell,
+                    "round": int(last["round"]),
+                    "t": self.now(),
+                    "model": str(last["model"]),
+                    "participants": int(last["participants"]),
+                    "rejected": len(last.get("rejected") or {}),
+                    "accuracy": None,
+                    "macro_f1": None,
+                }
+            )
+            self.event(cell, f"FL round {last['round']} committed ({last['participants']} updates)")
+
+    async def _score_rounds(self) -> None:
+        """Score the rounds whose model the tap has received (the same model is scored once)."""
+        if self.evaluator is None or self.models is None:
+            return
+        for r in self.fl_rounds:
+            if r["accuracy"] is not None:
+                continue
+            done = next((q for q in self.fl_rounds if q["model"] == r["model"] and q["accuracy"] is not None), None)
+            if done is not None:
+                r["accuracy"], r["macro_f1"] = done["accuracy"], done["macro_f1"]
+                continue
+            weights = self.models.weights.get(r["model"])
+            if weights is not None:
+                score = await self.evaluator.score(weights)
+                r["accuracy"], r["macro_f1"] = score["accuracy"], score["macro_f1"]
 
     async def _sample_obu(self, o: SimulatedObu, t: float) -> None:
         a = o.agent
@@ -603,6 +766,14 @@ def report_dict(watch: Watch, spec: SimSpec, elapsed: float, end: float) -> dict
         "cell_areas": watch.world.areas if watch.world is not None else {},
         "ledger_series": watch.ledger_series,
         "process": process_usage(watch),
+        "rsu_process": None
+        if watch.rsu_process is None
+        else {
+            "cpu_share_of_one_core": None
+            if watch.rsu_process.cpu_s is None
+            else round(watch.rsu_process.cpu_s / max(1e-9, elapsed), 3),
+            "rss_mib": watch.rsu_process.rss_mib,
+        },
         "ok": ok,
     }
 
