@@ -91,7 +91,7 @@ def test_two_cells_of_4_rsus_and_2_obus_receipt_everything_and_plot(tmp_path: Pa
     report = tmp_path / "report"
     t0 = time.monotonic()
     rc = acc_sim.main(
-        ["--rsus", "4", "--obus", "2", "--cells", "2", "--duration", "25", "--fl-round", "6"]
+        ["--rsus", "4", "--obus", "2", "--cells", "2", "--duration", "25", "--fl-round", "6", "--workers", "2"]
         + ["--report", str(report), "--data-dir", str(tmp_path / "d")]
     )
     took = time.monotonic() - t0
@@ -121,6 +121,8 @@ def test_two_cells_of_4_rsus_and_2_obus_receipt_everything_and_plot(tmp_path: Pa
         png = Path(rep["plots"][name])
         assert png.parent == report and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", rep["plots"]
     assert "verdict: OK" in summary and "obu-001" in summary and "map.png" in summary
+    # three kinds of process: the OBU workers (one OBU each here), the RSUs, the watcher
+    assert rep["obu_workers"]["processes"] == 2 and rep["rsu_process"]["rss_mib"] > 0
 
 
 @pytest.mark.slow

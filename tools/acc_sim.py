@@ -6,10 +6,11 @@ each (the cell ledger by BFT consensus; the first RSU announces the cell, admits
 coordinates federated learning) on a real Mosquitto. OBUs join the cell they are in and hand
 over when they cross; they attest (summaries every 2 s, driving events) and retire outbox
 entries on verified receipts, exchange CAM/DENM on the emulated PC5 sidelink, and train in FL
-rounds. The OBU agents are asyncio tasks of this process (python-can's virtual bus connects
-only the buses of one process, and tasks keep an OBU cheap: see BENCHMARKS.md for how many fit),
-the RSU agents tasks of one child process (``tools.sim_rsus``: a core of their own), the FL
-evaluator a worker process; docs/sim.md says why.
+rounds. The OBU agents are asyncio tasks of ``--workers`` worker processes (``tools.sim_obus``;
+python-can's virtual bus connects only the buses of one process, and tasks keep an OBU cheap:
+see BENCHMARKS.md for how many fit), the RSU agents tasks of one child process
+(``tools.sim_rsus``), the FL evaluator a worker process; this process watches. docs/sim.md
+says why. Without ``--rsus`` the OBUs run in this process (no broker, no ledger).
 
     acc-sim --obus 4 --duration 30
     acc-sim --rsus 4 --obus 8 --cells 2 --duration 120 --report out/
@@ -40,7 +41,7 @@ from agent import exitcodes
 from agent.config import ConfigError, load_config
 from agent.demo import SimulatedObu, TruthTracker, demo_base_config
 from agent.logsetup import setup_logging
-from tools.sim_world import FlEvaluator, ModelTap, RsuProcess, SimSpec, Watch, World, report_dict
+from tools.sim_world import FlEvaluator, ModelTap, ObuWorkers, RsuProcess, SimSpec, Watch, World, report_dict
 
 
 class Tracker(TruthTracker):
@@ -124,16 +125,17 @@ async def run(obus: int, duration: float, data_root: Path, out: Any) -> list[dic
 
 
 async def run_world(spec: SimSpec, duration: float, root: Path, host: str, port: int, out: Any) -> dict[str, Any]:
-    """The cells of ``spec`` (their RSUs in a child process) and its OBUs (in this process) on
-    the broker at host:port, for ``duration`` seconds; the report."""
+    """The cells of ``spec`` (their RSUs in a child process) and its OBUs (in ``spec.workers``
+    worker processes) on the broker at host:port, for ``duration`` seconds; the report."""
     await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
     sock_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="acc-sim-"))
-    world = World(spec, root, host, port, sock_dir)  # before any task runs: keys, credentials, geneses
+    world = World(spec, root, host, port, sock_dir)  # before anything runs: keys, credentials, geneses
     rsus = RsuProcess(world, root / "rsus.log")
+    workers = ObuWorkers(world, spec.workers)
     tap = ModelTap(host, port)
     evaluator = FlEvaluator() if spec.fl else None  # its own process too
     baseline = asyncio.create_task(evaluator.score(None)) if evaluator is not None else None
-    watch = Watch(world, rsus=rsus, models=tap if spec.fl else None)
+    watch = Watch(world, rsus=rsus, models=tap if spec.fl else None, obus=workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -144,7 +146,7 @@ async def run_world(spec: SimSpec, duration: float, root: Path, host: str, port:
         last_tx, last_t = 0, time.monotonic()
         while True:
             await asyncio.sleep(1.0)
-            if (why := rsus.died()) is not None:
+            if (why := rsus.died() or workers.died()) is not None:
                 died.append(why)
                 stop.set()
                 return
@@ -159,32 +161,24 @@ async def run_world(spec: SimSpec, duration: float, root: Path, host: str, port:
             out.write(watch.live_line(rate) + "\n")
             out.flush()
 
-    async def run_obus() -> None:
-        async with asyncio.TaskGroup() as tg:
-            for sim in world.obus:
-                tg.create_task(sim.run(None))
-
     try:
         await rsus.start()
         if spec.fl:
             await asyncio.to_thread(tap.start)
-        main = asyncio.create_task(run_obus())
+        await workers.start()
         ticker = asyncio.create_task(live())
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({main, stopper}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
-        for task in (ticker, stopper):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if not main.done():
-            await watch.sample()  # the final state, before the agents close their stores
-        watch.final_heights = watch.heights()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), duration)
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
         end = time.time()
         elapsed = watch.now()
-        for a in world.agents():
-            a.request_stop()
-        await main
+        await workers.stop()  # each worker's final snapshot, taken before its agents close
+        await watch.sample()
+        watch.final_heights = watch.heights()
     finally:
+        await workers.stop()
         await rsus.stop()
         await asyncio.to_thread(tap.stop)
         if baseline is not None and not baseline.done():
@@ -197,7 +191,7 @@ async def run_world(spec: SimSpec, duration: float, root: Path, host: str, port:
     rep = report_dict(watch, spec, elapsed, end)
     if died:
         rep["ok"] = False
-        rep["health_failures"].append({"t": elapsed, "node": "rsus", "subsystem": "process", "reason": died[0]})
+        rep["health_failures"].append({"t": elapsed, "node": "sim", "subsystem": "process", "reason": died[0]})
     return rep
 
 
@@ -297,12 +291,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cells", type=int, choices=(1, 2), default=1, help="1 cell, or 2 (west/east) to drive across")
     ap.add_argument("--no-fl", action="store_true", help="no federated learning rounds")
     ap.add_argument("--no-pc5", action="store_true", help="no PC5 sidelink")
+    ap.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="OBU worker processes (default 1; more use more cores)"
+    )
     ap.add_argument("--fl-round", type=float, default=15.0, metavar="S", help="FL round length, seconds (default 15)")
     args = ap.parse_args(argv)
     if args.obus < 1:
         ap.error("--obus must be at least 1")
     if args.rsus < 0:
         ap.error("--rsus must be >= 0")
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
     if args.broker and not args.broker.rpartition(":")[2].isdigit():
         ap.error("--broker must be HOST:PORT")
     setup_logging("warning")
@@ -317,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fl=not args.no_fl,
                     pc5=not args.no_pc5,
                     fl_round_seconds=args.fl_round,
+                    workers=args.workers,
                 )
                 rep = simulate(spec, args.duration, root, args.broker, args.report, sys.stdout)
             except ConfigError as err:

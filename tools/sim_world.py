@@ -31,7 +31,6 @@ from agent.config import load_config
 from agent.demo import SimulatedObu, demo_base_config
 from agent.health import Status
 from agent.keystore import ensure_device_key
-from agent.runtime import Agent
 from drivers.simvehicle import Route, _TangentPlane
 from ledger_lite.credentials import ValidatorCredential, VehicleCredential, issue_credential
 from ledger_lite.didkey import did_key
@@ -59,6 +58,7 @@ class SimSpec:
     behaviour: bool = True
     fl_round_seconds: float = 15.0
     fl_pause_seconds: float = 2.0
+    workers: int = 1  # OBU worker processes
 
 
 # --------------------------------------------------------------------------- geography
@@ -339,28 +339,30 @@ class World:
                 load_config(base=cfg, env={})  # a bad one is refused here, not in the child
                 self.rsu_configs.append(cfg)
                 self.rsus[cell].append((cfg["agent"]["node_id"], sock))
-        self.obus: list[SimulatedObu] = []
+        #: per OBU: its agent configuration, its car's seed and the loop segment it starts at
+        self.obu_specs: list[dict[str, Any]] = []
         self.home: dict[str, str] = {}
         n_seg = len(route.segments)
         for i in range(spec.obus):
             # pairs spread along the loop (7 and 19 segments: coprime); the second of a pair starts
             # one segment behind the first and follows it (so a leader's hard brake is a DENM its
             # follower should warn about)
-            start = route.starting_at(((i // 2) * 7 - i % 2) % n_seg)
+            start_index = ((i // 2) * 7 - i % 2) % n_seg
+            start = route.starting_at(start_index)
             home = cell_at(self.areas, start.origin[0], start.origin[1])
             d = root / f"obu{i:03d}"
             ident = ensure_device_key(d)
             self.auth.vehicle_credential(ident.did, f"WACCSXM{i:010d}", d / "vehicle.cose")
             if spec.pc5:
                 self.auth.pseudonyms(ident.did, d / "pseudonyms")
-            cfg = load_config(base=obu_config(spec, i, d, host, port, home, geneses, self.auth), env={})
-            sim = SimulatedObu(cfg, seed=100 + i, handle_signals=False, route=start)
-            self.obus.append(sim)
-            self.home[sim.agent.node_id] = home
+            cfg = obu_config(spec, i, d, host, port, home, geneses, self.auth)
+            load_config(base=cfg, env={})  # a bad one is refused here, not in a worker
+            self.obu_specs.append({"config": cfg, "seed": 100 + i, "start": start_index})
+            self.home[cfg["agent"]["node_id"]] = home
 
-    def agents(self) -> list[Agent]:
-        """The agents of this process (the OBUs)."""
-        return [o.agent for o in self.obus]
+    @property
+    def obu_nodes(self) -> list[str]:
+        return [str(o["config"]["agent"]["node_id"]) for o in self.obu_specs]
 
 
 class RsuProcess:
@@ -375,20 +377,9 @@ class RsuProcess:
         self.rss_mib: float | None = None
 
     async def start(self) -> None:
-        import sys
-
         cfg_path = self.world.root / "rsus.json"
         await asyncio.to_thread(cfg_path.write_text, json.dumps(self.world.rsu_configs))
-        repo = REPO
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
-        log = await asyncio.to_thread(self.log_path.open, "ab")
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tools.sim_rsus", str(cfg_path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-            )  # fmt: skip
-        finally:
-            log.close()
+        self.proc = await spawn("tools.sim_rsus", cfg_path, self.log_path)
 
     def died(self) -> str | None:
         if self.proc is not None and self.proc.returncode is not None:
@@ -413,23 +404,137 @@ class RsuProcess:
         return {n: a for (n, _s), a in zip(nodes, answers, strict=True) if a is not None}
 
     async def stop(self) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        with contextlib.suppress(Exception):  # the psutil figures are nice to have
-            import psutil
+        if self.proc is not None:
+            self.cpu_s, self.rss_mib = usage_of(self.proc.pid)
+            await terminate(self.proc)
 
-            p = psutil.Process(proc.pid)
-            cpu = p.cpu_times()
-            self.cpu_s = cpu.user + cpu.system
-            self.rss_mib = round(p.memory_info().rss / 2**20, 1)
-        if proc.returncode is None:
-            proc.terminate()
+
+async def spawn(module: str, spec: Path, log_path: Path, *, stdout_pipe: bool = False) -> asyncio.subprocess.Process:
+    """``python -m module spec`` with this checkout on the path, stderr (and stdout unless piped)
+    appended to ``log_path``."""
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    log = await asyncio.to_thread(log_path.open, "ab")
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, str(spec),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if stdout_pipe else log,
+            stderr=log,
+            env=env,
+            limit=2**24,  # a worker's line carries every snapshot of its OBUs
+        )  # fmt: skip
+    finally:
+        log.close()
+
+
+def usage_of(pid: int) -> tuple[float | None, float | None]:
+    """(CPU seconds, RSS MiB) of a running child (None when it is gone)."""
+    try:
+        import psutil
+
+        p = psutil.Process(pid)
+        cpu = p.cpu_times()
+        return cpu.user + cpu.system, round(p.memory_info().rss / 2**20, 1)
+    except Exception:  # noqa: BLE001 - the figures are nice to have
+        return None, None
+
+
+async def terminate(proc: asyncio.subprocess.Process, limit: float = 20.0) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), limit)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+class ObuWorkers:
+    """The OBUs spread over ``spec.workers`` worker processes (``python -m tools.sim_obus``), each
+    reporting its OBUs' snapshots once a second on stdout."""
+
+    def __init__(self, world: World, n: int) -> None:
+        self.world = world
+        self.n = max(1, min(n, len(world.obu_specs)))
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.readers: list[asyncio.Task[None]] = []
+        #: node -> its newest snapshot
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.finals = 0
+        self.cpu_s: float | None = None
+        self.rss_mib: float | None = None
+
+    async def start(self) -> None:
+        for w in range(self.n):
+            part = self.world.obu_specs[w :: self.n]
+            path = self.world.root / f"obus-{w}.json"
+            await asyncio.to_thread(path.write_text, json.dumps({"obus": part, "interval": 1.0}))
+            proc = await spawn("tools.sim_obus", path, self.world.root / f"obus-{w}.log", stdout_pipe=True)
+            self.procs.append(proc)
+            self.readers.append(asyncio.create_task(self._read(proc)))
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
             try:
-                await asyncio.wait_for(proc.wait(), 20.0)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+                msg = json.loads(line)
+            except ValueError:
+                continue  # not ours (a native library writing to stdout)
+            for snap in msg.get("obus", []):
+                self.latest[str(snap["node"])] = snap
+            if msg.get("final"):
+                self.finals += 1
+
+    def died(self) -> str | None:
+        for w, p in enumerate(self.procs):
+            if p.returncode is not None:
+                return f"OBU worker {w} exited with status {p.returncode} (log: {self.world.root / f'obus-{w}.log'})"
+        return None
+
+    async def stop(self) -> None:
+        """SIGTERM: each worker reports a final snapshot, then stops its agents."""
+        cpu, rss = 0.0, 0.0
+        for p in self.procs:
+            c, r = usage_of(p.pid)
+            cpu += c or 0.0
+            rss += r or 0.0
+        self.cpu_s, self.rss_mib = cpu, round(rss, 1)
+        await asyncio.gather(*(terminate(p, 30.0) for p in self.procs))
+        await asyncio.gather(*self.readers, return_exceptions=True)
+
+
+PC5_KEYS = ("cam_sent", "denm_sent", "delivered", "dropped_radio", "warnings_raised")
+
+
+async def obu_snapshot(sim: SimulatedObu) -> dict[str, Any]:
+    """What the watcher needs of one OBU agent, JSON-ready (taken in the OBU's process)."""
+    a = sim.agent
+    st = a.state_service.last if a.state_service is not None else None
+    att = a.attestor.status() if a.attestor is not None else {}
+    svc = a.pc5.service if a.pc5 is not None else None
+    outbox = None
+    if a.outbox is not None:
+        with contextlib.suppress(Exception):  # closed while stopping
+            ob = await a.outbox.stats()
+            outbox = {
+                "pending": ob.pending,
+                "sent_unconfirmed": ob.sent,
+                "retired": ob.retired,
+                "oldest_undelivered": ob.oldest_created,
+            }
+    return {
+        "node": a.node_id,
+        "wall": time.time(),
+        "health": {n: [str(h.status), h.reason] for n, h in a.health.snapshot().items()},
+        "state": None if st is None else {"lat": st.lat, "lon": st.lon, "sequence": st.sequence},
+        "made": int(att["next_seq"]) - 1 if att.get("next_seq") else 0,
+        "events": dict(a.behaviour.events) if a.behaviour is not None else {},
+        "pc5": None if svc is None else {k: svc.counts[k] for k in PC5_KEYS},
+        "cell": a.current_cell(),
+        "outbox": outbox,
+    }
 
 
 class ModelTap:
@@ -483,10 +588,13 @@ class Watch:
         evaluator: FlEvaluator | None = None,
         rsus: RsuProcess | None = None,
         models: ModelTap | None = None,
+        obus: ObuWorkers | None = None,
     ) -> None:
         self.world = world
         self.evaluator = evaluator
         self.rsu_process = rsus
+        self.workers = obus
+        self._snap_wall: dict[str, float] = {}
         self.models = models
         self._rsu_heights: dict[str, int] = {}
         self.t0 = time.monotonic()
@@ -495,14 +603,14 @@ class Watch:
         self.events: list[dict[str, Any]] = []
         self.failures: list[dict[str, Any]] = []
         self._health: dict[tuple[str, str], Status] = {}
-        obus = world.obus if world is not None else []
-        self.made: dict[str, list[tuple[float, int]]] = {o.agent.node_id: [] for o in obus}
+        nodes = world.obu_nodes if world is not None else []
+        self.made: dict[str, list[tuple[float, int]]] = {n: [] for n in nodes}
         self.outbox: dict[str, dict[str, Any]] = {}
         self.height: dict[str, int] = {c: 0 for c in (world.cells if world is not None else [])}
         self.txs: dict[str, int] = dict.fromkeys(self.height, 0)
         self.first_receipt: set[str] = set()
         self.final_heights: dict[str, int] = {}
-        self.tracks: dict[str, list[list[float | None]]] = {o.agent.node_id: [] for o in obus}
+        self.tracks: dict[str, list[list[float | None]]] = {n: [] for n in nodes}
         self.event_points: list[dict[str, Any]] = []
         self.ledger_series: list[dict[str, Any]] = []
         self.fl_rounds: list[dict[str, Any]] = []
@@ -544,8 +652,6 @@ class Watch:
             return
         t = self.now()
         world = self.world
-        for a in world.agents():
-            self._note_health(a.node_id, {n: (h.status, h.reason) for n, h in a.health.snapshot().items()}, t)
         answers = await self.rsu_process.poll() if self.rsu_process is not None else {}
         for node, st in answers.items():
             health = {
@@ -572,8 +678,10 @@ class Watch:
             )
             self._sample_fl(cell, coord)
         await self._score_rounds()
-        for o in world.obus:
-            await self._sample_obu(o, t)
+        for node, snap in (self.workers.latest if self.workers is not None else {}).items():
+            if self._snap_wall.get(node) != snap["wall"]:  # each snapshot once
+                self._snap_wall[node] = snap["wall"]
+                self._sample_obu(snap, t)
 
     @property
     def pc5(self) -> Counter[str]:
@@ -622,33 +730,32 @@ class Watch:
                 score = await self.evaluator.score(weights)
                 r["accuracy"], r["macro_f1"] = score["accuracy"], score["macro_f1"]
 
-    async def _sample_obu(self, o: SimulatedObu, t: float) -> None:
-        a = o.agent
-        node = a.node_id
-        st = a.state_service.last if a.state_service is not None else None
-        pos = (st.lat, st.lon) if st is not None else (None, None)
+    def _sample_obu(self, snap: dict[str, Any], t: float) -> None:
+        """One OBU's snapshot (``obu_snapshot``, from its worker)."""
+        node = str(snap["node"])
+        health = {n: (Status[str(h[0]).upper()], str(h[1] or "")) for n, h in snap["health"].items()}
+        self._note_health(node, health, t)
+        st = snap.get("state")
+        pos: tuple[float | None, float | None] = (st["lat"], st["lon"]) if st else (None, None)
         if st is not None:
-            self.snapshots.setdefault(node, []).append((t, st.sequence))
+            self.snapshots.setdefault(node, []).append((t, int(st["sequence"])))
         if pos[0] is not None:
-            self.tracks[node].append([t, round(pos[0], 7), round(pos[1] or 0.0, 7)])
-        att = a.attestor.status() if a.attestor is not None else {}
-        made = int(att["next_seq"]) - 1 if att.get("next_seq") else 0
-        self.made[node].append((time.time(), made))
-        if a.behaviour is not None:
-            seen = self._seen_events.setdefault(node, Counter())
-            for kind, n in a.behaviour.events.items():
-                for _ in range(n - seen[kind]):
-                    self.point(node, kind, pos)
-                seen[kind] = n
-        svc = a.pc5.service if a.pc5 is not None else None
-        if svc is not None:
-            raised = svc.counts["warnings_raised"]
+            self.tracks.setdefault(node, []).append([t, round(pos[0], 7), round(pos[1] or 0.0, 7)])
+        self.made.setdefault(node, []).append((float(snap["wall"]), int(snap["made"])))
+        seen = self._seen_events.setdefault(node, Counter())
+        for kind, n in snap["events"].items():
+            for _ in range(int(n) - seen[kind]):
+                self.point(node, kind, pos)
+            seen[kind] = int(n)
+        pc5 = snap.get("pc5")
+        if pc5 is not None:
+            raised = int(pc5["warnings_raised"])
             for _ in range(raised - self._seen_warnings.get(node, 0)):
                 self.point(node, "pc5_warning", pos)
             self._seen_warnings[node] = raised
-            for k in ("cam_sent", "denm_sent", "delivered", "dropped_radio", "warnings_raised"):
-                self._pc5_now[(node, k)] = svc.counts[k]
-        cell = a.current_cell()
+            for k in PC5_KEYS:
+                self._pc5_now[(node, k)] = int(pc5[k])
+        cell = snap.get("cell")
         old = self._cell_of.get(node)
         if cell and old != cell:
             self._cell_of[node] = cell
@@ -657,18 +764,12 @@ class Watch:
                 self.event(node, f"handover {old} -> {cell}")
             else:
                 self.event(node, f"admitted to {cell}")
-        if a.outbox is not None:
-            with contextlib.suppress(Exception):  # closed while stopping
-                ob = await a.outbox.stats()
-                self.outbox[node] = {
-                    "pending": ob.pending,
-                    "sent_unconfirmed": ob.sent,
-                    "retired": ob.retired,
-                    "oldest_undelivered": ob.oldest_created,
-                }
-                if ob.retired and node not in self.first_receipt:
-                    self.first_receipt.add(node)
-                    self.event(node, "first attestation receipted")
+        ob = snap.get("outbox")
+        if ob is not None:
+            self.outbox[node] = ob
+            if ob["retired"] and node not in self.first_receipt:
+                self.first_receipt.add(node)
+                self.event(node, "first attestation receipted")
 
     def totals(self) -> tuple[int, int, int]:
         made = sum(v[-1][1] for v in self.made.values() if v)
@@ -766,6 +867,15 @@ def report_dict(watch: Watch, spec: SimSpec, elapsed: float, end: float) -> dict
         "cell_areas": watch.world.areas if watch.world is not None else {},
         "ledger_series": watch.ledger_series,
         "process": process_usage(watch),
+        "obu_workers": None
+        if watch.workers is None
+        else {
+            "processes": watch.workers.n,
+            "cpu_cores_used": None
+            if watch.workers.cpu_s is None
+            else round(watch.workers.cpu_s / max(1e-9, elapsed), 3),
+            "rss_mib": watch.workers.rss_mib,
+        },
         "rsu_process": None
         if watch.rsu_process is None
         else {

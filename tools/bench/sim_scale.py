@@ -135,10 +135,10 @@ def baseline(seconds: float) -> dict[str, float]:
 # --------------------------------------------------------------------------------- acc-sim ladder
 
 
-def run_step(obus: int, duration: float, root: Path, *, fl: bool, pc5: bool) -> dict[str, Any]:
+def run_step(obus: int, duration: float, root: Path, *, fl: bool, pc5: bool, workers: int = 1) -> dict[str, Any]:
     """One acc-sim run with ``obus`` OBUs; the step's row (``passed`` and the figures)."""
     work = root / f"m{obus:04d}"
-    cmd = [sys.executable, "-m", "tools.acc_sim", "--rsus", str(RSUS), "--obus", str(obus)]
+    cmd = [sys.executable, "-m", "tools.acc_sim", "--rsus", str(RSUS), "--obus", str(obus), "--workers", str(workers)]
     cmd += ["--duration", str(duration), "--report", str(work / "report"), "--data-dir", str(work / "data")]
     if not fl:
         cmd.append("--no-fl")
@@ -166,8 +166,15 @@ def run_step(obus: int, duration: float, root: Path, *, fl: bool, pc5: bool) -> 
     row.update(
         min_hz=min(hz),
         median_hz=statistics.median(hz),
-        cpu_share=rep["process"]["cpu_share_of_one_core"],
-        rss_mib=rep["process"]["rss_mib"],
+        # cores used by all of acc-sim: the OBU workers, the RSU process and the watcher
+        cpu_share=round(
+            (rep["obu_workers"]["cpu_cores_used"] or 0.0)
+            + (rep["rsu_process"]["cpu_share_of_one_core"] or 0.0)
+            + rep["process"]["cpu_share_of_one_core"],
+            3,
+        ),
+        obu_cpu=rep["obu_workers"]["cpu_cores_used"],
+        rss_mib=round((rep["obu_workers"]["rss_mib"] or 0.0) + (rep["rsu_process"]["rss_mib"] or 0.0), 1),
         blocks=rep["blocks_committed"],
         made=rep["attestations_made"],
         receipted=rep["attestations_receipted"],
@@ -206,7 +213,9 @@ def print_row(row: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def ladder(steps: list[int], duration: float, root: Path, *, fl: bool, pc5: bool, bisect: bool) -> list[dict[str, Any]]:
+def ladder(
+    steps: list[int], duration: float, root: Path, *, fl: bool, pc5: bool, bisect: bool, workers: int = 1
+) -> list[dict[str, Any]]:
     sys.stdout.write(
         f"acc-sim --rsus {RSUS}, {duration:g} s per step, FL {'on' if fl else 'off'}"
         f", PC5 {'on' if pc5 else 'off'}\n"
@@ -214,7 +223,7 @@ def ladder(steps: list[int], duration: float, root: Path, *, fl: bool, pc5: bool
     )
     rows: list[dict[str, Any]] = []
     for m in steps:
-        row = run_step(m, duration, root, fl=fl, pc5=pc5)
+        row = run_step(m, duration, root, fl=fl, pc5=pc5, workers=workers)
         print_row(row)
         rows.append(row)
         if not row["passed"]:
@@ -223,7 +232,7 @@ def ladder(steps: list[int], duration: float, root: Path, *, fl: bool, pc5: bool
     failed = [r["obus"] for r in rows if not r["passed"]]
     if bisect and passed and failed and failed[0] - max(passed) > 2:
         mid = (max(passed) + failed[0]) // 2
-        row = run_step(mid, duration, root, fl=fl, pc5=pc5)
+        row = run_step(mid, duration, root, fl=fl, pc5=pc5, workers=workers)
         print_row(row)
         rows.append(row)
     return rows
@@ -245,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     fl.add_argument("--fl", dest="fl", action="store_true", default=None, help="FL on (default: on, quick off)")
     fl.add_argument("--no-fl", dest="fl", action="store_false", help="FL off")
     ap.add_argument("--no-pc5", action="store_true", help="PC5 sidelink off")
+    ap.add_argument("--workers", type=int, default=1, help="acc-sim's OBU worker processes (default 1)")
     ap.add_argument("--no-bisect", action="store_true", help="do not bisect after the first failing step")
     ap.add_argument("--keep", type=Path, metavar="DIR", help="keep every step's acc-sim log and report here")
     args = ap.parse_args(argv)
@@ -262,7 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="sim-scale-") as tmp:
         root = args.keep or Path(tmp)
-        rows = ladder(steps, duration, root, fl=use_fl, pc5=pc5, bisect=not (args.quick or args.no_bisect))
+        rows = ladder(
+            steps, duration, root, fl=use_fl, pc5=pc5, bisect=not (args.quick or args.no_bisect), workers=args.workers
+        )
     passed = [r["obus"] for r in rows if r["passed"]]
     value = max(passed, default=0)
     failed = sorted(r["obus"] for r in rows if not r["passed"] and r["obus"] > value)
@@ -279,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         "rsus": RSUS,
         "fl": use_fl,
         "pc5": pc5,
+        "obu_workers": args.workers,
         "seconds_per_step": duration,
         # every step passed: the figure is the ladder's top, not the limit
         "capped_by_ladder": not failed and value == max(steps),
