@@ -405,7 +405,8 @@ class RsuProcess:
 
     async def stop(self) -> None:
         if self.proc is not None:
-            self.cpu_s, self.rss_mib = usage_of(self.proc.pid)
+            if self.cpu_s is None:
+                self.cpu_s, self.rss_mib = usage_of(self.proc.pid)
             await terminate(self.proc)
 
 
@@ -495,12 +496,13 @@ class ObuWorkers:
 
     async def stop(self) -> None:
         """SIGTERM: each worker reports a final snapshot, then stops its agents."""
-        cpu, rss = 0.0, 0.0
-        for p in self.procs:
-            c, r = usage_of(p.pid)
-            cpu += c or 0.0
-            rss += r or 0.0
-        self.cpu_s, self.rss_mib = cpu, round(rss, 1)
+        if self.cpu_s is None:  # measured while they run (stop may be called again on the way out)
+            cpu, rss = 0.0, 0.0
+            for p in self.procs:
+                c, r = usage_of(p.pid)
+                cpu += c or 0.0
+                rss += r or 0.0
+            self.cpu_s, self.rss_mib = cpu, round(rss, 1)
         await asyncio.gather(*(terminate(p, 30.0) for p in self.procs))
         await asyncio.gather(*self.readers, return_exceptions=True)
 
