@@ -403,19 +403,49 @@ def test_process_mode_refuses_multicast_outside_a_private_netns(capsys: pytest.C
     assert "private network namespace" in capsys.readouterr().err
 
 
-@pytest.mark.netns
-def test_harsh_brake_against_the_agent_process_in_a_netns(tmp_path: Path) -> None:
-    """``python -m agent.main`` as a child process on udp_multicast buses, bench and agent in a
-    new network namespace with only loopback."""
+def _needs_netns() -> None:
     import os
     import shutil
     import subprocess
-    import sys
 
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare")
     if subprocess.run(["unshare", "-n", "true"], check=False).returncode != 0:
         pytest.skip("unshare -n is not allowed here")
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", [BUS_OFF, CLOCK_JUMP], ids=["bus-off", "clock-jump"])
+def test_faults_against_the_agent_process_in_a_netns(scenario: Path, tmp_path: Path) -> None:
+    """Bus-off (error frames over udp_multicast) and a GNSS clock jump against ``python -m
+    agent.main`` as a child process in a private network namespace: the same verdicts as
+    in-process."""
+    import subprocess
+    import sys
+
+    _needs_netns()
+    argv = ["scenario", str(scenario), "--agent", "process", "--netns", "--workdir", str(tmp_path / "run")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.acc_bench", *argv],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS: " in proc.stdout
+
+
+@pytest.mark.netns
+def test_harsh_brake_against_the_agent_process_in_a_netns(tmp_path: Path) -> None:
+    """``python -m agent.main`` as a child process on udp_multicast buses, bench and agent in a
+    new network namespace with only loopback."""
+    import subprocess
+    import sys
+
+    _needs_netns()
     junit = tmp_path / "report.xml"
     argv = ["scenario", str(HARSH), "--agent", "process", "--netns", "--junit", str(junit)]
     repo = Path(__file__).resolve().parent.parent
