@@ -21,15 +21,12 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from agent import exitcodes
-from agent.config import ConfigError, load_config
+from agent.config import load_config
 from agent.demo import SimulatedObu
-from agent.logsetup import setup_logging
 from drivers.simvehicle import Route
-from tools.sim_world import obu_snapshot
+from tools.sim_world import child_main, obu_snapshot
 
 
 async def run(spec: dict[str, Any]) -> None:
@@ -67,21 +64,7 @@ async def run(spec: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        sys.stderr.write("usage: python -m tools.sim_obus OBUS.json\n")
-        return exitcodes.USAGE
-    setup_logging("warning")
-    try:
-        spec = json.loads(Path(args[0]).read_text())
-        asyncio.run(run(spec))
-    except ConfigError as err:
-        sys.stderr.write(f"sim_obus: {err}\n")
-        return exitcodes.CONFIG
-    except (OSError, ValueError, KeyError) as err:
-        sys.stderr.write(f"sim_obus: {args[0]}: {err}\n")
-        return exitcodes.CONFIG
-    return exitcodes.OK
+    return child_main("sim_obus", argv, run)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,13 @@ SIGTERM or SIGINT, then stops every agent cleanly; exit 0, or 78 for a bad confi
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from agent import exitcodes
-from agent.config import ConfigError, load_config
-from agent.logsetup import setup_logging
+from agent.config import load_config
 from agent.runtime import Agent
+from tools.sim_world import child_main
 
 
 async def run(configs: list[dict[str, object]]) -> None:
@@ -40,21 +37,7 @@ async def run(configs: list[dict[str, object]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        sys.stderr.write("usage: python -m tools.sim_rsus RSUS.json\n")
-        return exitcodes.USAGE
-    setup_logging("warning")
-    try:
-        configs = json.loads(Path(args[0]).read_text())
-        asyncio.run(run(configs))
-    except ConfigError as err:
-        sys.stderr.write(f"sim_rsus: {err}\n")
-        return exitcodes.CONFIG
-    except (OSError, ValueError) as err:
-        sys.stderr.write(f"sim_rsus: {args[0]}: {err}\n")
-        return exitcodes.CONFIG
-    return exitcodes.OK
+    return child_main("sim_rsus", argv, run)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -505,6 +506,32 @@ class ObuWorkers:
             self.cpu_s, self.rss_mib = cpu, round(rss, 1)
         await asyncio.gather(*(terminate(p, 30.0) for p in self.procs))
         await asyncio.gather(*self.readers, return_exceptions=True)
+
+
+def child_main(name: str, argv: Sequence[str] | None, run: Callable[[Any], Awaitable[None]]) -> int:
+    """``main()`` of acc-sim's child processes: ``python -m tools.NAME SPEC.json`` runs
+    ``run(spec)``; a bad spec file or configuration exits 78 naming it."""
+    import sys
+
+    from agent import exitcodes
+    from agent.config import ConfigError
+    from agent.logsetup import setup_logging
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        sys.stderr.write(f"usage: python -m tools.{name} SPEC.json\n")
+        return exitcodes.USAGE
+    setup_logging("warning")
+    try:
+        spec = json.loads(Path(args[0]).read_text())
+        asyncio.run(run(spec))
+    except ConfigError as err:
+        sys.stderr.write(f"{name}: {err}\n")
+        return exitcodes.CONFIG
+    except (OSError, ValueError, KeyError) as err:
+        sys.stderr.write(f"{name}: {args[0]}: {err}\n")
+        return exitcodes.CONFIG
+    return exitcodes.OK
 
 
 PC5_KEYS = ("cam_sent", "denm_sent", "delivered", "dropped_radio", "warnings_raised")
