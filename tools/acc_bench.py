@@ -28,7 +28,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -277,9 +276,9 @@ class GpsdProcess:
         if GPSD is None:
             raise BenchRefused("--gnss gpsd: gpsd is not installed (apt-get install gpsd)")
         os.chmod(device, 0o666)  # gpsd may drop root before it opens the device
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        from tools.bench.mqtt_publish import free_port
+
+        port = free_port()
         proc = await asyncio.create_subprocess_exec(
             GPSD, "-N", "-n", "-b", "-S", str(port), "-F", str(run_dir / "gpsd.sock"), device,
             stdin=asyncio.subprocess.DEVNULL,

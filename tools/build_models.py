@@ -51,7 +51,7 @@ SEED = 7
 NDS_COMMIT = "f4c44bc7d0cbc3c4af22a81060523154345b829f"
 
 
-def _metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+def class_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     cm = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
     for a, b in zip(y_true, y_pred, strict=True):
         cm[a, b] += 1
@@ -178,13 +178,13 @@ def build(refdata: Path, version: str, out_dir: Path, epochs: int) -> dict[str, 
 
     pred_test = np.argmax(model.infer(tf.constant(ds.x_test))["logits"].numpy(), axis=1)
     pred_train = np.argmax(model.infer(x_tr)["logits"].numpy(), axis=1)
-    metrics_test = _metrics(ds.y_test, pred_test)
+    metrics_test = class_metrics(ds.y_test, pred_test)
     per_source: dict[str, Any] = {}
     d_test = np.array(ds.d_test)
     for source in ("nds", "sim"):
         sel = np.char.startswith(d_test, source + "-")
         if sel.any():
-            per_source[source] = _metrics(ds.y_test[sel], pred_test[sel])
+            per_source[source] = class_metrics(ds.y_test[sel], pred_test[sel])
 
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(
@@ -270,7 +270,7 @@ def build(refdata: Path, version: str, out_dir: Path, epochs: int) -> dict[str, 
         "metrics": {
             "held_apart_drives": metrics_test,
             "held_apart_by_source": per_source,
-            "train": {"accuracy": _metrics(ds.y_train, pred_train)["accuracy"]},
+            "train": {"accuracy": class_metrics(ds.y_train, pred_train)["accuracy"]},
         },
         "built_from_commit": commit,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

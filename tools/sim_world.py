@@ -258,17 +258,14 @@ class _EvalSet:
         self.source = f"{n_ref} held-apart reference drives + 3 simulated ({len(self.y)} windows)"
 
     def score(self, weights: np.ndarray | None) -> dict[str, Any]:
+        from tools.build_models import class_metrics
+
         self.model.set_weights(self.start_weights if weights is None else weights)
         pred = np.asarray(self.model.infer(self.x)).argmax(axis=1)
-        f1s = []
-        for c in np.unique(self.y):
-            tp = float(np.sum((pred == c) & (self.y == c)))
-            prec = tp / max(1.0, float(np.sum(pred == c)))
-            rec = tp / max(1.0, float(np.sum(self.y == c)))
-            f1s.append(0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec))
+        m = class_metrics(self.y, pred)  # macro-F1 over the classes present, as the model card
         return {
-            "accuracy": round(float(np.mean(pred == self.y)), 4),
-            "macro_f1": round(float(np.mean(f1s)), 4),
+            "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"],
             "source": self.source,
         }
 

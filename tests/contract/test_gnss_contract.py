@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import socket
 import tty
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -24,11 +22,11 @@ from drivers.gnss_stream import NmeaStreamSource
 from drivers.gpsd import GpsdSource
 from hal.interfaces import GnssSource
 from hal.types import GnssFix
+from tools.acc_bench import GPSD, GpsdProcess
 
 pytestmark = pytest.mark.timeout(30)
 
 LOG = "nmea/gpsd/haicom-305N.log"  # stationary, then moving: fixes with positions
-GPSD = shutil.which("gpsd") or next((p for p in ("/usr/sbin/gpsd",) if os.path.exists(p)), None)
 
 
 @dataclass
@@ -71,29 +69,6 @@ def pty_pair() -> contextlib.AbstractContextManager[tuple[int, str]]:  # type: i
                 os.close(fd)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_listening(port: int, proc: asyncio.subprocess.Process, limit: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while True:
-        if proc.returncode is not None:
-            raise RuntimeError(f"gpsd exited with {proc.returncode} before listening")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if loop.time() > deadline:
-                raise RuntimeError(f"gpsd did not listen on 127.0.0.1:{port} within {limit} s") from None
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        return
-
-
 @pytest.fixture(params=["nmea-pty", "nmea-file", "gpsd"])
 async def backend(request: pytest.FixtureRequest, refdata: Path, tmp_path: Path) -> AsyncIterator[Backend]:
     kind = request.param
@@ -109,25 +84,11 @@ async def backend(request: pytest.FixtureRequest, refdata: Path, tmp_path: Path)
                 return
             if GPSD is None:
                 pytest.skip("gpsd binary not installed (apt-get install gpsd); CI installs it")
-            os.chmod(path, 0o666)  # gpsd may drop root before it reads the device
-            port = free_port()
-            proc = await asyncio.create_subprocess_exec(
-                GPSD, "-N", "-n", "-b", "-S", str(port), "-F", str(tmp_path / "gpsd.sock"), path,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+            gpsd = await GpsdProcess.start(path, tmp_path)  # the bench's: gpsd -N -n -b on 127.0.0.1
             try:
-                await wait_listening(port, proc)
-                yield Backend(lambda: GpsdSource("127.0.0.1", port, connect_timeout=3.0))
+                yield Backend(lambda: GpsdSource("127.0.0.1", gpsd.port, connect_timeout=3.0))
             finally:
-                if proc.returncode is None:
-                    proc.terminate()
-                    try:
-                        await asyncio.wait_for(proc.wait(), 5.0)
-                    except TimeoutError:
-                        proc.kill()
-                        await proc.wait()
+                await gpsd.stop()
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
